@@ -1,0 +1,1 @@
+"""Alembic migrations of the `ttft_reconcile` schema (shipped as `ttft_reconcile.migrations`)."""

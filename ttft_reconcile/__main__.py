@@ -1,0 +1,3 @@
+from ttft_reconcile.cli import main
+
+main()

@@ -1,0 +1,59 @@
+"""Running a command: logging setup, error translation to one line, exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import psycopg
+from sqlalchemy import exc as sa_exc
+
+from ttft_reconcile.db import describe_db_error
+from ttft_reconcile.dburl import password_of, scrub
+from ttft_reconcile.errors import EXIT_INTERRUPTED, ReconcileError
+
+T = TypeVar("T")
+log = logging.getLogger("ttft_reconcile")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"ttft-reconcile: {message}", err=True)
+    sys.exit(code)
+
+
+def execute(kwargs: dict[str, Any], action: Callable[[], T]) -> T:
+    """Run `action`; any error becomes one redacted line on stderr and its exit code."""
+    configure_logging(kwargs.get("log_level") or "WARNING")
+    secret = password_of(kwargs.get("database_url") or "")
+    try:
+        return action()
+    except ReconcileError as error:
+        if kwargs.get("traceback"):
+            raise
+        fail(scrub(str(error), secret), error.exit_code)
+    except (sa_exc.SQLAlchemyError, psycopg.Error) as error:
+        if kwargs.get("traceback"):
+            raise
+        translated = describe_db_error(error, password=secret)
+        fail(scrub(str(translated), secret), translated.exit_code)
+    except KeyboardInterrupt:
+        if kwargs.get("traceback"):
+            raise
+        fail("interrupted; the open transaction was rolled back", EXIT_INTERRUPTED)
+
+
+def echo_json(payload: dict[str, Any]) -> None:
+    click.echo(json.dumps(payload, sort_keys=False, default=str))

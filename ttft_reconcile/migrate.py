@@ -1,0 +1,98 @@
+"""Programmatic Alembic: no ini file, `script_location = ttft_reconcile:migrations`."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+SCHEMA = "ttft_reconcile"
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """Where the database is and where the code is."""
+
+    current: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def alembic_config(sqlalchemy_url: str = "postgresql+psycopg://") -> Config:
+    """An Alembic Config pointing at the migrations shipped inside the package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", _script_location())
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url.replace("%", "%%"))
+    return cfg
+
+
+def _script_location() -> str:
+    """`ttft_reconcile:migrations`, resolved through the import system so editable installs work too."""
+    import ttft_reconcile.migrations as shipped
+
+    return str(Path(shipped.__file__).resolve().parent)
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision recorded in `ttft_reconcile.alembic_version`, or None when never migrated."""
+    exists = conn.execute(text("SELECT to_regclass('ttft_reconcile.alembic_version') IS NOT NULL")).scalar()
+    if not exists:
+        return None
+    context = MigrationContext.configure(
+        conn, opts={"version_table": "alembic_version", "version_table_schema": SCHEMA}
+    )
+    return context.get_current_revision()
+
+
+def migration_state(conn: Connection) -> MigrationState:
+    return MigrationState(current=current_revision(conn), head=head_revision())
+
+
+def upgrade(engine: Engine, revision: str = "head") -> MigrationState:
+    """Apply migrations up to `revision`; returns the state afterwards."""
+    with engine.connect() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+        return migration_state(conn)
+
+
+def downgrade_to_base(engine: Engine) -> None:
+    """The uninstall path: remove every object of our schema, then the schema itself."""
+    with engine.connect() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+        conn.commit()
+        # Alembic keeps its version table; with nothing else left, the schema goes too.
+        conn.execute(text(f'DROP TABLE IF EXISTS "{SCHEMA}".alembic_version'))
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{SCHEMA}" RESTRICT'))
+        conn.commit()
+
+
+def offline_sql(revision: str = "head") -> str:
+    """The DDL a DBA would run, as text (Alembic's offline mode)."""
+    buffer = io.StringIO()
+    cfg = alembic_config()
+    cfg.output_buffer = buffer
+    with redirect_stdout(buffer):
+        command.upgrade(cfg, revision, sql=True)
+    return buffer.getvalue()
