@@ -39,6 +39,12 @@ def _register() -> None:
     else:
         publish_commands.register(cli)
     try:
+        from ttft_reconcile.cli import demo_commands
+    except ImportError:  # pragma: no cover - area not built yet
+        pass
+    else:
+        demo_commands.register(cli)
+    try:
         from ttft_reconcile.cli import capture_commands
     except ImportError:  # pragma: no cover - area not built yet
         pass
