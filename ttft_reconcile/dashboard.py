@@ -1,0 +1,73 @@
+"""Dashboard data: the settings the SQL objects read, the `ttft_daily` rollup, window quantiles.
+
+`spend_logs_ttft(since, until)` (migration 0002) is the one definition of a row's best TTFT and
+its source; everything here aggregates it. Days are UTC; TTFTs in the rollup are milliseconds,
+quantiles for metrics are seconds. Unresolved rows and NULLs never enter a percentile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from ttft_reconcile import dashboard_queries as q
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"
+
+
+def sync_settings(conn: Connection, *, call_types: Sequence[str], tolerance_ms: float, litellm_schema: str) -> int:
+    """Upsert the settings `spend_logs_ttft` reads; returns how many keys changed."""
+    values = {
+        "call_types": list(call_types),
+        "tolerance_ms": float(tolerance_ms),
+        "litellm_schema": litellm_schema,
+    }
+    changed = 0
+    for key, value in values.items():
+        result = conn.execute(text(q.UPSERT_SETTING), {"key": key, "value": json.dumps(value)})
+        changed += result.rowcount or 0
+    if changed:
+        log.info("dashboard settings updated (%d keys changed)", changed)
+    return changed
+
+
+def read_settings(conn: Connection) -> dict[str, object]:
+    """The settings table as a dict (key → decoded JSON value)."""
+    return {str(key): value for key, value in conn.execute(text(q.SELECT_SETTINGS)).all()}
+
+
+def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:
+    """Rebuild `ttft_daily` for these UTC days; returns the number of rows written."""
+    unique = sorted(set(days))
+    if not unique:
+        return 0
+    conn.execute(text(q.DELETE_DAILY), {"days": unique})
+    written = conn.execute(text(q.INSERT_DAILY), {"days": unique}).rowcount or 0
+    log.info("ttft_daily refreshed for %d day(s): %d row(s)", len(unique), written)
+    return written
+
+
+def window_quantiles(
+    conn: Connection, since: datetime, until: datetime, *, max_model_groups: int = 20
+) -> dict[str, dict[str, float]]:
+    """model_group → {"0.5", "0.9", "0.95", "0.99"} TTFT in seconds over [since, until).
+
+    Only original and reconciled rows count. The `max_model_groups` groups with the most
+    rows keep their name; the rest are folded into "other". An empty model group is "unknown".
+    """
+    rows = conn.execute(
+        text(q.WINDOW_QUANTILES), {"since": since, "until": until, "cap": max_model_groups}
+    ).all()
+    result: dict[str, dict[str, float]] = {}
+    for label, values in rows:
+        result[str(label)] = {
+            str(quantile): float(value) / 1000.0 for quantile, value in zip(q.QUANTILES, values, strict=True)
+        }
+    return result
