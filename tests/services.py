@@ -95,8 +95,8 @@ def _code_fingerprint(wheel: Path) -> str:
 
 def ensure_template(admin_url: str, era: str) -> str:
     """A template database with LiteLLM's schema of `era` and our migrations; built once, reused."""
-    from ttft_reconcile.dburl import parse_database_url
     from ttft_reconcile.db import make_engine
+    from ttft_reconcile.dburl import parse_database_url
     from ttft_reconcile.litellm_schema import apply_litellm_schema
     from ttft_reconcile.migrate import upgrade
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -39,9 +40,8 @@ def alembic_config(sqlalchemy_url: str = "postgresql+psycopg://") -> Config:
 
 def _script_location() -> str:
     """`ttft_reconcile:migrations`, resolved through the import system so editable installs work too."""
-    import ttft_reconcile.migrations as shipped
-
-    return str(Path(shipped.__file__).resolve().parent)
+    shipped = importlib.import_module("ttft_reconcile.migrations")
+    return str(Path(str(shipped.__file__)).resolve().parent)
 
 
 def head_revision() -> str:

@@ -5,6 +5,8 @@ Commands live in submodules by area (job, publish, capture) and register on `cli
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from ttft_reconcile import __version__
@@ -29,27 +31,15 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from ttft_reconcile.cli import job_commands
-
-    job_commands.register(cli)
-    try:
-        from ttft_reconcile.cli import publish_commands
-    except ImportError:  # pragma: no cover - area not built yet
-        pass
-    else:
-        publish_commands.register(cli)
-    try:
-        from ttft_reconcile.cli import demo_commands
-    except ImportError:  # pragma: no cover - area not built yet
-        pass
-    else:
-        demo_commands.register(cli)
-    try:
-        from ttft_reconcile.cli import capture_commands
-    except ImportError:  # pragma: no cover - area not built yet
-        pass
-    else:
-        capture_commands.register(cli)
+    """Attach the commands of each area; an area whose module is absent is simply left out."""
+    for area in ("job_commands", "publish_commands", "demo_commands", "capture_commands"):
+        try:
+            module = importlib.import_module(f"ttft_reconcile.cli.{area}")
+        except ModuleNotFoundError as error:
+            if error.name != f"ttft_reconcile.cli.{area}":
+                raise
+            continue
+        module.register(cli)
 
 
 _register()

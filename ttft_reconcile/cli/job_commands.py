@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import click
 
+from ttft_reconcile import job
 from ttft_reconcile import migrate as migrations
-from ttft_reconcile.cli.options import database_options, output_options, parse_url
+from ttft_reconcile.cli.options import (
+    database_options,
+    incremental_options,
+    job_options,
+    job_settings,
+    output_options,
+    parse_url,
+)
+from ttft_reconcile.cli.progress import ProgressPrinter
 from ttft_reconcile.cli.runner import echo_json, execute
 from ttft_reconcile.db import make_engine
+from ttft_reconcile.errors import UsageError
+from ttft_reconcile.signals import StopFlag, graceful_signals
+from ttft_reconcile.summary import RunSummary
+from ttft_reconcile.timeparse import parse_instant
 
 
 @click.command("migrate")
@@ -50,5 +64,133 @@ def migrate_command(as_sql: bool, downgrade_to_base: bool, **kwargs: Any) -> Non
     execute(kwargs, action)
 
 
+def print_summary(summary: RunSummary, as_json: bool) -> None:
+    """One JSON object, or a short human summary."""
+    if as_json:
+        echo_json(summary.to_json())
+        return
+    window = ""
+    if summary.since and summary.until:
+        window = f" [{summary.since.isoformat()} .. {summary.until.isoformat()})"
+    dry = " (dry run: nothing written)" if summary.dry_run else ""
+    click.echo(
+        f"{summary.mode} {summary.run_id}{window}: {summary.candidates} candidates in {summary.batches} batches,"
+        f" {summary.duration_seconds:.1f}s, policy {summary.policy}{dry}"
+    )
+    for outcome, count in summary.outcomes.items():
+        if count:
+            click.echo(f"  {outcome:<15} {count}")
+    if summary.message:
+        click.echo(f"  {summary.message}")
+
+
+def _instant(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except UsageError as error:
+        raise UsageError(f"{flag}: {error}") from None
+
+
+@click.command("run")
+@database_options
+@job_options
+@incremental_options
+@output_options
+def run_command(**kwargs: Any) -> None:
+    """Incremental pass for cron: [checkpoint - lookback, now - settle).
+
+    Only one `run` works at a time (a second one exits 75). A first run with no
+    checkpoint starts --initial-window back; older history is `backfill`'s job.
+
+    \b
+    */5 * * * *  ttft-reconcile run --pushgateway pushgateway:9091
+    """
+
+    def action() -> None:
+        settings = job_settings(kwargs)
+        printer = ProgressPrinter() if not kwargs["as_json"] else None
+        with graceful_signals(StopFlag()) as stop:
+            try:
+                summary = job.run_incremental(settings, stop=stop, progress=printer)
+            finally:
+                if printer:
+                    printer.close()
+        print_summary(summary, kwargs["as_json"])
+
+    execute(kwargs, action)
+
+
+@click.command("backfill")
+@click.option("--since", required=True, help="Start of the window (UTC unless a zone is given), inclusive.")
+@click.option("--until", required=True, help="End of the window (UTC unless a zone is given), exclusive.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Local worker processes. Processes started elsewhere with the same window join in.")
+@click.option("--restart", is_flag=True, help="Redo a backfill of this window that already finished.")
+@database_options
+@job_options
+@output_options
+def backfill_command(since: str, until: str, workers: int, restart: bool, **kwargs: Any) -> None:
+    """Reconcile a historical window once, resumably (Ctrl-C and re-issue to resume).
+
+    The window is split into day slices that any number of processes claim
+    through Postgres; re-issuing the same window and policy resumes it.
+
+    \b
+    ttft-reconcile backfill --since 2026-03-01 --until 2026-06-01 --workers 2
+    """
+
+    def action() -> None:
+        settings = job_settings(kwargs)
+        start = _instant(since, "--since")
+        end = _instant(until, "--until")
+        assert start is not None and end is not None
+        printer = ProgressPrinter() if not kwargs["as_json"] else None
+        with graceful_signals(StopFlag()) as stop:
+            try:
+                summary = job.backfill(settings, start, end, workers=workers, restart=restart, stop=stop,
+                                       progress=printer)
+            finally:
+                if printer:
+                    printer.close()
+        print_summary(summary, kwargs["as_json"])
+
+    execute(kwargs, action)
+
+
+@click.command("rollback")
+@click.option("--run-id", type=int, help="Undo every correction this run made.")
+@click.option("--since", help="Undo corrections of rows whose startTime is in [since, until) (UTC).")
+@click.option("--until", help="End of the window, exclusive.")
+@database_options
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
+              help="Corrections per transaction.")
+@click.option("--dry-run", is_flag=True, help="Count what would be restored; change nothing.")
+@click.option("--lock-mode", type=click.Choice(["auto", "advisory", "lease"]), default="auto", show_default=True,
+              envvar="TTFT_RECONCILE_LOCK_MODE", help="Lane lock (see `run --help`).")
+@output_options
+def rollback_command(run_id: int | None, since: str | None, until: str | None, **kwargs: Any) -> None:
+    """Restore the exact old completionStartTime values a run (or window) wrote.
+
+    Only rows whose value is still ours are restored; others are counted
+    `changed` and left alone; rows LiteLLM's retention deleted are `missing`.
+
+    \b
+    ttft-reconcile rollback --run-id 42
+    ttft-reconcile rollback --since 2026-03-01 --until 2026-03-02
+    """
+
+    def action() -> None:
+        settings = job_settings(kwargs)
+        summary = job.rollback(
+            settings, run_id=run_id, since=_instant(since, "--since"), until=_instant(until, "--until")
+        )
+        print_summary(summary, kwargs["as_json"])
+
+    execute(kwargs, action)
+
+
 def register(group: click.Group) -> None:
-    group.add_command(migrate_command)
+    for command in (migrate_command, run_command, backfill_command, rollback_command):
+        group.add_command(command)

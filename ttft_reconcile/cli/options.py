@@ -27,7 +27,7 @@ def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     """`90s`, `15m`, `2h`, `30d`."""
 
     name = "duration"

@@ -1,0 +1,205 @@
+"""Pure classification: candidate rows + their traces → one outcome each, and the new values.
+
+No I/O. Instants from SpendLogs are naive UTC; trace instants are aware (timestamptz) and are
+converted to naive UTC here. New values are rounded as Postgres rounds into timestamp(3).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from ttft_reconcile import outcomes as oc
+from ttft_reconcile.policies import POLICY_COLUMNS
+from ttft_reconcile.queries import Repair
+from ttft_reconcile.timeparse import round_to_millisecond, to_naive_utc
+
+CONFIRM_WITHIN = timedelta(milliseconds=1)
+JOIN_REQUEST_ID = "request_id=litellm_call_id"
+JOIN_CALL_ID_COLUMN = "litellm_call_id column"
+JOIN_RESPONSE_ID = "request_id=response_id"
+
+# Positive evidence of a non-streaming request (no trace needed).
+_NON_STREAM_BEDROCK = re.compile(r"/model/[^/]+/(invoke|converse)(\?|$)")
+_NON_STREAM_VERTEX = re.compile(r":rawPredict(\?|$)")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one candidate; `repair` is set only for `repaired`."""
+
+    request_id: str
+    start_time: datetime
+    outcome: str
+    reason: str
+    repair: Repair | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchDecisions:
+    decisions: list[Decision]
+
+    def counts(self) -> dict[str, int]:
+        result = oc.empty_counts()
+        for decision in self.decisions:
+            result[decision.outcome] += 1
+        return result
+
+    @property
+    def repairs(self) -> list[Repair]:
+        return [d.repair for d in self.decisions if d.repair is not None]
+
+
+def not_streaming_evidence(request_id: str, call_type: str, api_base: str | None) -> str | None:
+    """Why this row is known not to be a stream, or None (positive evidence only)."""
+    if call_type == "anthropic_messages" and request_id.startswith("chatcmpl-"):
+        return "chatcmpl- id on a native anthropic_messages row (non-streaming in LiteLLM 1.82-1.100)"
+    base = api_base or ""
+    if _NON_STREAM_BEDROCK.search(base):
+        return "non-streaming Bedrock URL in api_base"
+    if _NON_STREAM_VERTEX.search(base):
+        return "non-streaming Vertex AI URL (:rawPredict) in api_base"
+    return None
+
+
+def choose_streams(traces: pd.DataFrame) -> pd.DataFrame:
+    """One trace per call: the lowest stream_seq that completed, else the lowest stream_seq."""
+    if traces.empty:
+        return traces.assign(streams=pd.Series(dtype="int64"))
+    ordered = traces.assign(_failed=traces["outcome"] != "completed").sort_values(
+        ["litellm_call_id", "_failed", "stream_seq"], kind="stable"
+    )
+    counts = traces.groupby("litellm_call_id").size().rename("streams")
+    chosen = ordered.drop_duplicates("litellm_call_id", keep="first").drop(columns="_failed")
+    return chosen.join(counts, on="litellm_call_id")
+
+
+def _match_call_ids(candidates: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate: the call id each join strategy points at (NaN when none; '*' when several)."""
+    call_ids = set(traces["litellm_call_id"]) if not traces.empty else set()
+    by_request = candidates["request_id"].where(candidates["request_id"].isin(call_ids))
+    column = candidates["litellm_call_id"]
+    by_column = column.where(column.notna() & column.isin(call_ids))
+    if traces.empty:
+        by_response = pd.Series([None] * len(candidates), index=candidates.index, dtype="object")
+    else:
+        with_response = traces.dropna(subset=["response_id"])
+        groups = with_response.groupby("response_id")["litellm_call_id"].agg(lambda s: sorted(set(s)))
+        mapping = {rid: (ids[0] if len(ids) == 1 else "*") for rid, ids in groups.items()}
+        by_response = candidates["request_id"].map(mapping)
+    return pd.DataFrame(
+        {JOIN_REQUEST_ID: by_request, JOIN_CALL_ID_COLUMN: by_column, JOIN_RESPONSE_ID: by_response},
+        index=candidates.index,
+    )
+
+
+def _ms(delta: timedelta) -> float:
+    return round(delta.total_seconds() * 1000.0, 3)
+
+
+def _naive(value: Any) -> datetime | None:
+    if value is None or value is pd.NaT or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    assert isinstance(value, datetime)
+    return to_naive_utc(value)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _evidence(trace: pd.Series, join: list[str]) -> dict[str, Any]:
+    instants = {policy: _naive(trace[column]) for policy, column in POLICY_COLUMNS.items()}
+    request_start = _naive(trace["request_start_at"])
+    api_start = _naive(trace["api_call_start_at"])
+    evidence: dict[str, Any] = {
+        "instants": {k: (v.isoformat() if v else None) for k, v in instants.items()},
+        "join": join,
+        "litellm_call_id": trace["litellm_call_id"],
+        "stream_seq": int(trace["stream_seq"]),
+        "streams": int(trace["streams"]),
+        "trace_outcome": trace["outcome"],
+        "chunk_count": int(trace["chunk_count"]),
+        "request_start_at": request_start.isoformat() if request_start else None,
+        "api_call_start_at": api_start.isoformat() if api_start else None,
+    }
+    for origin, start in (("request_start", request_start), ("api_call_start", api_start)):
+        evidence[f"ttft_ms_from_{origin}"] = {
+            policy: (_ms(instant - start) if instant and start else None) for policy, instant in instants.items()
+        }
+    return evidence
+
+
+def classify_batch(
+    candidates: pd.DataFrame,
+    traces: pd.DataFrame,
+    *,
+    policy: str,
+    already_ours: Iterable[tuple[str, datetime]] = (),
+) -> BatchDecisions:
+    """Decide every candidate. Exactly one outcome each; `changed` is decided later, by the write."""
+    column = POLICY_COLUMNS[policy]
+    chosen = choose_streams(traces).set_index("litellm_call_id", drop=False) if not traces.empty else None
+    matches = _match_call_ids(candidates, traces) if len(candidates) else pd.DataFrame()
+    ours = set(already_ours)
+    decisions: list[Decision] = []
+    for position, row in enumerate(candidates.itertuples(index=False)):
+        request_id = str(row.request_id)
+        start = _naive(row.start_time)
+        end = _naive(row.end_time)
+        old = _naive(row.completion_start_time)
+        assert start is not None and end is not None
+
+        def decide(outcome: str, reason: str, **kw: Any) -> None:
+            decisions.append(Decision(request_id, start, outcome, reason, **kw))  # noqa: B023
+
+        found = {str(name): value for name, value in matches.iloc[position].items() if isinstance(value, str)}
+        targets = set(found.values())
+        if "*" in targets or len(targets) > 1:
+            decide(oc.AMBIGUOUS, "join strategies disagree: " + ", ".join(f"{k} -> {v}" for k, v in found.items()))
+            continue
+        if not targets:
+            why = not_streaming_evidence(request_id, str(row.call_type), _text(row.api_base))
+            if why:
+                decide(oc.NOT_STREAMING, why)
+            else:
+                decide(oc.NO_TRACE, "no stream trace matches this row")
+            continue
+        assert chosen is not None
+        trace = chosen.loc[targets.pop()]
+        evidence = _evidence(trace, sorted(found))
+        instant = _naive(trace[column])
+        if instant is None:
+            decide(oc.NO_FIRST_TOKEN, f"the stream never had a {policy} instant", evidence=evidence)
+            continue
+        new = round_to_millisecond(instant)
+        if new < start or new > end:
+            decide(oc.OUT_OF_BOUNDS, f"{policy} instant {new.isoformat()} outside [startTime, endTime]",
+                   evidence=evidence)
+            continue
+        if (old is not None and abs(new - old) <= CONFIRM_WITHIN) or (request_id, start) in ours:
+            decide(oc.CONFIRMED, "the stored value already agrees with the trace (or is our correction)",
+                   evidence=evidence)
+            continue
+        repair = Repair(
+            request_id=request_id,
+            start_time=start,
+            old=old,
+            new=new,
+            ttft_ms=_ms(new - start),
+            litellm_call_id=str(trace["litellm_call_id"]),
+            stream_seq=int(trace["stream_seq"]),
+            call_type=str(row.call_type),
+            model_group=_text(row.model_group),
+            evidence=evidence,
+        )
+        decide(oc.REPAIRED, f"{policy} from the trace", repair=repair, evidence=evidence)
+    return BatchDecisions(decisions)

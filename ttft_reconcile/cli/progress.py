@@ -1,0 +1,66 @@
+"""Progress of long work: a redrawn bar on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from ttft_reconcile.job import Progress
+
+
+class ProgressPrinter:
+    """Callable for the job's progress callback; writes to stderr."""
+
+    def __init__(self, stream: TextIO | None = None, *, interval_s: float = 10.0, tty: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval_s = 0.2 if self.tty else interval_s
+        self.last = 0.0
+        self.started = time.monotonic()
+        self.drawn = False
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval_s:
+            return
+        self.last = now
+        line = self.describe(progress, now - self.started)
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+            self.drawn = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    @staticmethod
+    def fraction(progress: Progress) -> float | None:
+        if progress.slices_total:
+            return min(1.0, progress.slices_done / progress.slices_total)
+        if progress.position is None:
+            return None
+        span = (progress.until - progress.since).total_seconds()
+        if span <= 0:
+            return None
+        return min(1.0, max(0.0, (progress.position - progress.since).total_seconds() / span))
+
+    def describe(self, progress: Progress, elapsed_s: float) -> str:
+        share = self.fraction(progress)
+        repaired = progress.outcomes.get("repaired", 0)
+        rate = progress.scanned / elapsed_s if elapsed_s > 0 else 0.0
+        head = ""
+        if share is not None:
+            width = 24
+            filled = int(share * width)
+            head = f"[{'#' * filled}{'.' * (width - filled)}] {share * 100:5.1f}% "
+        where = f" at {progress.position.isoformat(sep=' ', timespec='seconds')}Z" if progress.position else ""
+        slices = f" slices {progress.slices_done}/{progress.slices_total}" if progress.slices_total else ""
+        return (
+            f"{head}{progress.mode}: {progress.scanned} candidates, {repaired} repaired,"
+            f" {progress.batches} batches, {rate:.0f} rows/s{slices}{where}"
+        )

@@ -1,0 +1,646 @@
+"""The batch job: `run` (incremental), `backfill` (sliced, multi-process) and `rollback`.
+
+Data flows one way: scan → load traces → classify → guarded write + audit + checkpoint, one
+transaction per batch. Every window is half-open [since, until); instants are UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from ttft_reconcile import __version__, queries
+from ttft_reconcile import outcomes as oc
+from ttft_reconcile.classify import classify_batch
+from ttft_reconcile.db import SpendLogsShape, describe_db_error, inspect_spend_logs, make_engine, transaction
+from ttft_reconcile.errors import Interrupted, ReconcileError, SchemaMissing, UsageError
+from ttft_reconcile.lanes import LaneLock, hold_lane, resolve_mode
+from ttft_reconcile.migrate import migration_state
+from ttft_reconcile.queries import Position
+from ttft_reconcile.settings import JobSettings
+from ttft_reconcile.signals import StopFlag, graceful_signals
+from ttft_reconcile.summary import RunSummary
+from ttft_reconcile.timeparse import to_aware_utc, to_naive_utc
+
+log = logging.getLogger(__name__)
+
+RUN_LANE = "run"
+ROLLBACK_LANE = "rollback"
+TRACE_JOIN_SLACK = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every committed batch (and once per claimed slice)."""
+
+    mode: str
+    batches: int
+    scanned: int
+    outcomes: dict[str, int]
+    position: datetime | None  # naive UTC "startTime" reached
+    since: datetime
+    until: datetime
+    slices_done: int = 0
+    slices_total: int = 0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class _Tally:
+    """Counts accumulated over batches."""
+
+    candidates: int = 0
+    batches: int = 0
+    outcomes: dict[str, int] = field(default_factory=oc.empty_counts)
+    days: set[date] = field(default_factory=set)
+
+    def add(self, scanned: int, counts: dict[str, int]) -> None:
+        self.candidates += scanned
+        self.batches += 1
+        for key, value in counts.items():
+            self.outcomes[key] = self.outcomes.get(key, 0) + value
+
+
+@dataclass
+class _Context:
+    engine: Engine
+    settings: JobSettings
+    shape: SpendLogsShape
+    run_id: int
+    stop: StopFlag
+    progress: ProgressCallback | None
+    lock: LaneLock | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _schema_description(shape: SpendLogsShape) -> str:
+    parts = [shape.schema]
+    parts.append("litellm_call_id" if shape.has_litellm_call_id else "no litellm_call_id")
+    if shape.partitioned:
+        parts.append("partitioned")
+    return ", ".join(parts)
+
+
+def _prepare(engine: Engine, settings: JobSettings) -> SpendLogsShape:
+    """Check our schema is migrated and find LiteLLM's table; keep settings and partitions current."""
+    with transaction(engine, settings.limits) as conn:
+        state = migration_state(conn)
+        if state.current is None:
+            raise SchemaMissing("the ttft_reconcile schema is not installed; run `ttft-reconcile migrate` first")
+        if not state.up_to_date:
+            raise SchemaMissing(
+                f"the ttft_reconcile schema is at revision {state.current}, this version needs {state.head};"
+                " run `ttft-reconcile migrate`"
+            )
+        shape = inspect_spend_logs(conn, settings.litellm_schema)
+    if not settings.dry_run:
+        _housekeeping(engine, settings)
+    return shape
+
+
+def _housekeeping(engine: Engine, settings: JobSettings) -> None:
+    """Day partitions for the traces ahead of time, and the settings the SQL dashboard reads."""
+    today = _now()
+    try:
+        with transaction(engine, settings.limits) as conn:
+            queries.ensure_trace_partitions(conn, today - timedelta(days=1), today + timedelta(days=7))
+            _sync_dashboard_settings(conn, settings)
+    except sa_exc.OperationalError as error:
+        # Not fatal: traces still land in the default partition.
+        log.warning("could not prepare trace partitions/settings: %s", describe_db_error(error))
+
+
+def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
+    try:
+        from ttft_reconcile import dashboard
+    except ImportError:  # pragma: no cover - dashboard module absent
+        return
+    dashboard.sync_settings(
+        conn,
+        call_types=settings.call_types,
+        tolerance_ms=settings.tolerance_ms,
+        litellm_schema=settings.litellm_schema,
+    )
+
+
+def _refresh_days(engine: Engine, settings: JobSettings, days: set[date]) -> None:
+    if not days or settings.dry_run:
+        return
+    try:
+        from ttft_reconcile import dashboard
+    except ImportError:  # pragma: no cover
+        return
+    with transaction(engine, replace(settings.limits, statement_timeout=timedelta(minutes=10))) as conn:
+        dashboard.refresh_ttft_daily(conn, sorted(days))
+
+
+def _new_run(
+    engine: Engine,
+    settings: JobSettings,
+    shape: SpendLogsShape,
+    *,
+    mode: str,
+    since: datetime | None,
+    until: datetime | None,
+    backfill_id: int | None = None,
+    policy: str | None = None,
+) -> int:
+    with transaction(engine, settings.limits) as conn:
+        return queries.insert_run(
+            conn,
+            mode=mode,
+            dry_run=settings.dry_run,
+            since=since,
+            until=until,
+            policy=policy if policy is not None else settings.policy,
+            tolerance_ms=settings.tolerance_ms,
+            call_types=settings.call_types,
+            version=__version__,
+            litellm_schema=_schema_description(shape),
+            host=socket.gethostname(),
+            worker=settings.worker,
+            pid=os.getpid(),
+            backfill_id=backfill_id,
+        )
+
+
+def _finish_run(engine: Engine, settings: JobSettings, run_id: int, status: str, error: str | None = None) -> None:
+    """Record the run's end; best effort when the database itself is the failure."""
+    try:
+        with transaction(engine, settings.limits) as conn:
+            queries.finish_run(conn, run_id, status=status, error=error)
+    except sa_exc.SQLAlchemyError as failure:
+        log.warning("could not record the end of run %s: %s", run_id, describe_db_error(failure))
+
+
+def _throttle(settings: JobSettings, scanned: int, started: float) -> None:
+    if not settings.max_rows_per_second or scanned <= 0:
+        return
+    wanted = scanned / settings.max_rows_per_second
+    spent = time.monotonic() - started
+    if wanted > spent:
+        time.sleep(wanted - spent)
+
+
+CommitHook = Callable[[Connection, Position, int], None]
+
+
+def _reconcile_range(
+    ctx: _Context,
+    tally: _Tally,
+    *,
+    since: datetime,
+    until: datetime,
+    after: Position | None,
+    on_commit: CommitHook | None,
+    slices: tuple[int, int] = (0, 0),
+) -> bool:
+    """Walk [since, until) (naive UTC) in keyset batches; returns False when stopped by a signal."""
+    settings, shape = ctx.settings, ctx.shape
+    position = after
+    while True:
+        if ctx.stop.requested:
+            return False
+        started = time.monotonic()
+        with transaction(ctx.engine, settings.limits) as conn:
+            if ctx.lock is not None:
+                ctx.lock.renew(conn)
+            candidates = queries.scan_candidates(
+                conn,
+                shape,
+                since=since,
+                until=until,
+                after=position,
+                call_types=settings.call_types,
+                tolerance_ms=settings.tolerance_ms,
+                limit=settings.batch_size,
+            )
+            if candidates.empty:
+                return True
+            call_ids = set(candidates["request_id"]) | set(candidates["litellm_call_id"].dropna())
+            lo = to_aware_utc(min(candidates["start_time"]).to_pydatetime()) - TRACE_JOIN_SLACK
+            hi = to_aware_utc(max(candidates["end_time"]).to_pydatetime()) + TRACE_JOIN_SLACK
+            traces = queries.load_traces(
+                conn, call_ids=sorted(call_ids), response_ids=sorted(candidates["request_id"]), lo=lo, hi=hi
+            )
+            keys = [
+                (str(r), s.to_pydatetime())
+                for r, s in zip(candidates["request_id"], candidates["start_time"], strict=True)
+            ]
+            ours = queries.applied_corrections(conn, keys) if not traces.empty else set()
+            batch = classify_batch(candidates, traces, policy=settings.policy, already_ours=ours)
+            counts = batch.counts()
+            if not settings.dry_run:
+                repairs = batch.repairs
+                written = queries.apply_repairs(conn, shape, repairs, run_id=ctx.run_id, policy=settings.policy)
+                lost = len(repairs) - len(written)
+                counts[oc.REPAIRED] -= lost
+                counts[oc.CHANGED] += lost
+            queries.add_run_counts(conn, ctx.run_id, len(candidates), counts)
+            last_row = candidates.iloc[-1]
+            position = Position(last_row["start_time"].to_pydatetime(), str(last_row["request_id"]))
+            if on_commit is not None and not settings.dry_run:
+                on_commit(conn, position, len(candidates))
+        tally.add(len(candidates), counts)
+        tally.days.update(s.date() for s in candidates["start_time"])
+        if ctx.progress is not None:
+            ctx.progress(
+                Progress(
+                    mode="backfill" if slices[1] else "run",
+                    batches=tally.batches,
+                    scanned=tally.candidates,
+                    outcomes=dict(tally.outcomes),
+                    position=position.start_time,
+                    since=since,
+                    until=until,
+                    slices_done=slices[0],
+                    slices_total=slices[1],
+                )
+            )
+        _throttle(settings, len(candidates), started)
+        if len(candidates) < settings.batch_size:
+            return True
+
+
+def _summary(
+    ctx_run_id: int,
+    mode: str,
+    settings: JobSettings,
+    tally: _Tally,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    started: datetime,
+    status: str,
+    checkpoint: datetime | None = None,
+    worker_run_ids: tuple[int, ...] = (),
+    message: str = "",
+    policy: str | None = None,
+) -> RunSummary:
+    finished = _now()
+    return RunSummary(
+        run_id=ctx_run_id,
+        mode=mode,
+        since=to_aware_utc(since) if since else None,
+        until=to_aware_utc(until) if until else None,
+        policy=policy if policy is not None else settings.policy,
+        candidates=tally.candidates,
+        outcomes=dict(tally.outcomes),
+        duration_seconds=(finished - started).total_seconds(),
+        dry_run=settings.dry_run,
+        started_at=started,
+        finished_at=finished,
+        status=status,
+        checkpoint=to_aware_utc(checkpoint) if checkpoint else None,
+        touched_days=tuple(sorted(tally.days)),
+        worker=settings.worker,
+        worker_run_ids=worker_run_ids or (ctx_run_id,),
+        batches=tally.batches,
+        message=message,
+    )
+
+
+def _guarded(engine: Engine, settings: JobSettings, run_id: int, body: Callable[[], RunSummary]) -> RunSummary:
+    """Run `body`, recording failure or interruption on the run row before re-raising."""
+    try:
+        summary = body()
+    except Interrupted:
+        _finish_run(engine, settings, run_id, "interrupted", "stopped by signal")
+        raise
+    except KeyboardInterrupt:
+        _finish_run(engine, settings, run_id, "interrupted", "interrupted; open transaction rolled back")
+        raise
+    except sa_exc.SQLAlchemyError as error:
+        translated = describe_db_error(error, settings.database)
+        _finish_run(engine, settings, run_id, "failed", str(translated))
+        raise translated from error
+    except ReconcileError as error:
+        _finish_run(engine, settings, run_id, "failed", str(error))
+        raise
+    _finish_run(engine, settings, run_id, summary.status)
+    return summary
+
+
+def _interrupted(stop: StopFlag, tally: _Tally, run_id: int) -> Interrupted:
+    what = (
+        f"after committing batch {tally.batches} ({tally.candidates} rows scanned)"
+        if tally.batches
+        else "before any batch was written"
+    )
+    return Interrupted(
+        f"interrupted by {stop.reason} {what}; run {run_id} recorded as interrupted; re-run to resume"
+    )
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def run_incremental(
+    settings: JobSettings,
+    *,
+    now: datetime | None = None,
+    stop: StopFlag | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """One incremental pass: [checkpoint - lookback, now - settle), one process per lane."""
+    stop = stop or StopFlag()
+    now = now or _now()
+    engine = make_engine(settings.database)
+    try:
+        shape = _prepare(engine, settings)
+        mode = resolve_mode(settings.lock_mode, settings.database.pgbouncer)
+        with hold_lane(
+            engine, RUN_LANE, mode=mode, holder=settings.worker, ttl=settings.lease_ttl, limits=settings.limits
+        ) as lock:
+            with transaction(engine, settings.limits) as conn:
+                checkpoint = queries.read_checkpoint(conn, RUN_LANE)
+            until = to_naive_utc(now - settings.settle)
+            if checkpoint is not None:
+                since = checkpoint.start_time - settings.lookback
+            else:
+                since = to_naive_utc(now - settings.initial_window)
+            since = min(since, until)
+            run_id = _new_run(engine, settings, shape, mode="run", since=to_aware_utc(since),
+                              until=to_aware_utc(until))
+            ctx = _Context(engine, settings, shape, run_id, stop, progress, lock)
+
+            def body() -> RunSummary:
+                started = _now()
+                tally = _Tally()
+
+                def on_commit(conn: Connection, position: Position, scanned: int) -> None:
+                    queries.write_checkpoint(conn, RUN_LANE, position, run_id)
+
+                finished = _reconcile_range(ctx, tally, since=since, until=until, after=None, on_commit=on_commit)
+                if not finished:
+                    raise _interrupted(stop, tally, run_id)
+                if not settings.dry_run:
+                    with transaction(engine, settings.limits) as conn:
+                        lock.renew(conn)
+                        queries.write_checkpoint(conn, RUN_LANE, Position(until, ""), run_id)
+                _refresh_days(engine, settings, tally.days)
+                return _summary(run_id, "run", settings, tally, since=since, until=until, started=started,
+                                status="succeeded", checkpoint=until)
+
+            return _guarded(engine, settings, run_id, body)
+    finally:
+        engine.dispose()
+
+
+# --- backfill ---------------------------------------------------------------------------------
+
+
+def _check_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    since, until = to_aware_utc(since), to_aware_utc(until)
+    if since >= until:
+        raise UsageError(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+    return since, until
+
+
+def backfill(
+    settings: JobSettings,
+    since: datetime,
+    until: datetime,
+    *,
+    workers: int = 1,
+    restart: bool = False,
+    stop: StopFlag | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """Reconcile [since, until) once, resumably. `workers` > 1 starts that many local processes;
+    any process started with the same window and policy joins the same backfill."""
+    since, until = _check_window(since, until)
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if settings.dry_run:
+        return _dry_run_window(settings, since, until, stop=stop or StopFlag(), progress=progress)
+    if workers == 1:
+        return _backfill_worker(settings, since, until, restart=restart, stop=stop or StopFlag(),
+                                progress=progress)
+    return _backfill_pool(settings, since, until, workers=workers, restart=restart, stop=stop or StopFlag())
+
+
+def _dry_run_window(
+    settings: JobSettings, since: datetime, until: datetime, *, stop: StopFlag, progress: ProgressCallback | None
+) -> RunSummary:
+    engine = make_engine(settings.database)
+    try:
+        shape = _prepare(engine, settings)
+        run_id = _new_run(engine, settings, shape, mode="backfill", since=since, until=until)
+        ctx = _Context(engine, settings, shape, run_id, stop, progress)
+
+        def body() -> RunSummary:
+            started = _now()
+            tally = _Tally()
+            finished = _reconcile_range(ctx, tally, since=to_naive_utc(since), until=to_naive_utc(until),
+                                        after=None, on_commit=None)
+            if not finished:
+                raise _interrupted(stop, tally, run_id)
+            return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
+                            status="succeeded")
+
+        return _guarded(engine, settings, run_id, body)
+    finally:
+        engine.dispose()
+
+
+class SliceLost(ReconcileError):
+    """Another worker reclaimed our slice (we stopped heartbeating); the batch rolled back."""
+
+
+def _backfill_worker(
+    settings: JobSettings,
+    since: datetime,
+    until: datetime,
+    *,
+    restart: bool,
+    stop: StopFlag,
+    progress: ProgressCallback | None,
+) -> RunSummary:
+    engine = make_engine(settings.database)
+    try:
+        shape = _prepare(engine, settings)
+        with transaction(engine, settings.limits) as conn:
+            backfill_id, total = queries.get_or_create_backfill(
+                conn,
+                since=since,
+                until=until,
+                policy=settings.policy,
+                tolerance_ms=settings.tolerance_ms,
+                call_types=settings.call_types,
+                slice_size=settings.slice_size,
+            )
+            if restart:
+                queries.restart_backfill(conn, backfill_id)
+        run_id = _new_run(engine, settings, shape, mode="backfill", since=since, until=until,
+                          backfill_id=backfill_id)
+        ctx = _Context(engine, settings, shape, run_id, stop, progress)
+
+        def body() -> RunSummary:
+            started = _now()
+            tally = _Tally()
+            while not stop.requested:
+                with transaction(engine, settings.limits) as conn:
+                    piece = queries.claim_slice(
+                        conn, backfill_id=backfill_id, worker=settings.worker, run_id=run_id,
+                        lease=settings.slice_lease,
+                    )
+                    done, total_now = queries.backfill_progress(conn, backfill_id)
+                if piece is None:
+                    break
+                log.info("slice %d of backfill %d: %s .. %s", piece.slice_no, backfill_id,
+                         piece.since.isoformat(), piece.until.isoformat())
+
+                def on_commit(conn: Connection, position: Position, scanned: int, piece: queries.Slice = piece) -> None:
+                    if not queries.advance_slice(conn, piece, settings.worker, position, scanned):
+                        raise SliceLost(f"slice {piece.slice_no} was taken over by another worker")
+
+                finished = _reconcile_range(
+                    ctx, tally, since=to_naive_utc(piece.since), until=to_naive_utc(piece.until),
+                    after=piece.position, on_commit=on_commit, slices=(done, total_now),
+                )
+                if not finished:
+                    break
+                with transaction(engine, settings.limits) as conn:
+                    queries.finish_slice(conn, piece, settings.worker)
+                if progress is not None:
+                    progress(Progress("backfill", tally.batches, tally.candidates, dict(tally.outcomes), None,
+                                      to_naive_utc(since), to_naive_utc(until), done + 1, total_now))
+            if stop.requested:
+                raise _interrupted(stop, tally, run_id)
+            with transaction(engine, settings.limits) as conn:
+                queries.finish_backfill_if_done(conn, backfill_id)
+            _refresh_days(engine, settings, tally.days)
+            return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
+                            status="succeeded")
+
+        return _guarded(engine, settings, run_id, body)
+    finally:
+        engine.dispose()
+
+
+def _pool_worker(settings: JobSettings, since: datetime, until: datetime, restart: bool) -> RunSummary:
+    """Entry point of a child process of `backfill --workers N`."""
+    stop = StopFlag()
+    with graceful_signals(stop):
+        return _backfill_worker(settings, since, until, restart=restart, stop=stop, progress=None)
+
+
+def _backfill_pool(
+    settings: JobSettings, since: datetime, until: datetime, *, workers: int, restart: bool, stop: StopFlag
+) -> RunSummary:
+    started = _now()
+    context = multiprocessing.get_context("spawn")
+    base = settings.worker
+    args = [
+        (replace(settings, worker=f"{base}/w{index}"), since, until, restart and index == 0)
+        for index in range(workers)
+    ]
+    with context.Pool(workers) as pool:
+        pending = [pool.apply_async(_pool_worker, arg) for arg in args]
+        results: list[RunSummary] = []
+        errors: list[BaseException] = []
+        for item in pending:
+            try:
+                results.append(item.get())
+            except BaseException as error:  # noqa: BLE001 - collected and re-raised below
+                errors.append(error)
+    if errors:
+        first = errors[0]
+        if isinstance(first, ReconcileError):
+            raise first
+        raise ReconcileError(f"a backfill worker failed: {first}")
+    tally = _Tally()
+    for result in results:
+        tally.candidates += result.candidates
+        tally.batches += result.batches
+        for key, value in result.outcomes.items():
+            tally.outcomes[key] = tally.outcomes.get(key, 0) + value
+        tally.days.update(result.touched_days)
+    run_ids = tuple(r.run_id for r in results)
+    return _summary(min(run_ids), "backfill", settings, tally, since=since, until=until, started=started,
+                    status="succeeded", worker_run_ids=run_ids)
+
+
+# --- rollback ---------------------------------------------------------------------------------
+
+
+def rollback(
+    settings: JobSettings,
+    *,
+    run_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    stop: StopFlag | None = None,
+) -> RunSummary:
+    """Restore the exact old values of a run's (or a window's) corrections, where still ours."""
+    if run_id is None and (since is None or until is None):
+        raise UsageError("rollback needs --run-id N, or both --since and --until")
+    if run_id is not None and (since is not None or until is not None):
+        raise UsageError("rollback takes either --run-id or --since/--until, not both")
+    if since is not None and until is not None:
+        since, until = _check_window(since, until)
+    stop = stop or StopFlag()
+    engine = make_engine(settings.database)
+    try:
+        shape = _prepare(engine, settings)
+        if run_id is not None:
+            with transaction(engine, settings.limits) as conn:
+                target = queries.run_row(conn, run_id)
+            if target is None:
+                raise UsageError(f"no run with id {run_id}")
+            if target["mode"] == "rollback":
+                raise UsageError(f"run {run_id} is itself a rollback; roll back the run it undid by re-running it")
+        mode = resolve_mode(settings.lock_mode, settings.database.pgbouncer)
+        with hold_lane(engine, ROLLBACK_LANE, mode=mode, holder=settings.worker, ttl=settings.lease_ttl,
+                       limits=settings.limits) as lock:
+            this_run = _new_run(engine, settings, shape, mode="rollback", since=since, until=until,
+                                policy="rollback")
+
+            def body() -> RunSummary:
+                started = _now()
+                tally = _Tally(outcomes=oc.empty_counts(oc.ROLLBACK_OUTCOMES + ("missing",)))
+                after: tuple[datetime, int] | None = None
+                while True:
+                    if stop.requested:
+                        raise _interrupted(stop, tally, this_run)
+                    with transaction(engine, settings.limits) as conn:
+                        lock.renew(conn)
+                        result = queries.rollback_batch(
+                            conn, shape, rollback_run_id=this_run, target_run_id=run_id,
+                            since=to_naive_utc(since) if since else None,
+                            until=to_naive_utc(until) if until else None,
+                            after=after, limit=settings.batch_size,
+                        )
+                        counts = {oc.REVERTED: result.reverted, oc.CHANGED: result.changed,
+                                  "missing": result.missing}
+                        queries.add_run_counts(conn, this_run, result.selected, counts)
+                        if settings.dry_run:
+                            conn.rollback()
+                    tally.add(result.selected, counts)
+                    tally.days.update(d.date() for d in result.days)
+                    if result.last is None or result.selected < settings.batch_size:
+                        break
+                    after = result.last
+                _refresh_days(engine, settings, tally.days)
+                return _summary(this_run, "rollback", settings, tally, since=since, until=until,
+                                started=started, status="succeeded", policy="rollback",
+                                message=f"rolled back run {run_id}" if run_id else "rolled back window")
+
+            return _guarded(engine, settings, this_run, body)
+    finally:
+        engine.dispose()

@@ -1,0 +1,80 @@
+"""One process per lane: a session advisory lock, or a lease row behind PgBouncer transaction pooling.
+
+Session advisory locks belong to a server connection; a transaction pooler hands that
+connection to other clients between transactions, so the lock neither protects us nor is
+released when we exit. Lease rows live in `ttft_reconcile.leases`, expire after a TTL and are
+renewed inside every batch transaction.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.engine import Connection, Engine
+
+from ttft_reconcile import queries
+from ttft_reconcile.db import SessionLimits, transaction
+from ttft_reconcile.errors import LaneHeld, ReconcileError
+
+
+def lane_key(lane: str) -> int:
+    """A stable positive 63-bit advisory-lock key for a lane name."""
+    return (zlib.crc32(b"ttft_reconcile") << 31) | zlib.crc32(lane.encode())
+
+
+@dataclass
+class LaneLock:
+    """A held lane. `renew(conn)` must be called inside each batch transaction (lease mode)."""
+
+    lane: str
+    mode: str
+    holder: str
+    ttl: timedelta
+
+    def renew(self, conn: Connection) -> None:
+        if self.mode == "lease" and not queries.renew_lease(conn, self.lane, self.holder, self.ttl):
+            raise ReconcileError(f"lost the lease on lane {self.lane!r}; stopping (the batch was rolled back)")
+
+
+def resolve_mode(mode: str, pgbouncer: bool) -> str:
+    if mode == "auto":
+        return "lease" if pgbouncer else "advisory"
+    return mode
+
+
+@contextmanager
+def hold_lane(
+    engine: Engine, lane: str, *, mode: str, holder: str, ttl: timedelta, limits: SessionLimits
+) -> Iterator[LaneLock]:
+    """Hold `lane` for the block; raise LaneHeld (exit 75) when another process has it."""
+    if mode == "advisory":
+        key = lane_key(lane)
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not queries.try_advisory_lock(conn, key):
+                who = queries.advisory_lock_holder(conn, key)
+                raise LaneHeld(f"lane {lane!r} is held by another process{': ' + who if who else ''}; exiting")
+            try:
+                yield LaneLock(lane, mode, holder, ttl)
+            finally:
+                # Closing the session releases it too; unlock explicitly for poolers that keep it.
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+        return
+    with transaction(engine, limits) as conn:
+        acquired = queries.try_lease(conn, lane, holder, ttl)
+        current = None if acquired else queries.lease_holder(conn, lane)
+    if not acquired:
+        who = f"{current[0]} until {current[1].isoformat()}" if current else "another process"
+        raise LaneHeld(f"lane {lane!r} is leased by {who}; exiting")
+    try:
+        yield LaneLock(lane, mode, holder, ttl)
+    finally:
+        try:
+            with transaction(engine, limits) as conn:
+                queries.release_lease(conn, lane, holder)
+        except Exception:  # noqa: BLE001 - the lease expires by itself; never mask the real error
+            pass
