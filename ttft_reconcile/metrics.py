@@ -11,14 +11,17 @@ from __future__ import annotations
 import http.client
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Final
 from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import (
+    basic_auth_handler,
+    default_handler,
     delete_from_gateway,
     push_to_gateway,
     pushadd_to_gateway,
@@ -30,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from ttft_reconcile import __version__
 from ttft_reconcile.dburl import password_of, redact, scrub
-from ttft_reconcile.errors import PublishFailed
+from ttft_reconcile.errors import PublishFailed, UsageError
 from ttft_reconcile.outcomes import OUTCOMES, ROLLBACK_OUTCOMES
 from ttft_reconcile.settings import PublishSettings
 from ttft_reconcile.summary import RunSummary
@@ -302,12 +305,15 @@ def _gateway(
 ) -> None:
     """One call to the Pushgateway; every transport or HTTP error becomes PublishFailed."""
     try:
+        url, handler = _endpoint(address)
         if method == "PUT":
-            push_to_gateway(address, JOB, registry_of(families), grouping_key=dict(key), timeout=timeout)
+            push_to_gateway(url, JOB, registry_of(families), grouping_key=dict(key), timeout=timeout,
+                            handler=handler)
         elif method == "POST":
-            pushadd_to_gateway(address, JOB, registry_of(families), grouping_key=dict(key), timeout=timeout)
+            pushadd_to_gateway(url, JOB, registry_of(families), grouping_key=dict(key), timeout=timeout,
+                               handler=handler)
         else:
-            delete_from_gateway(address, JOB, grouping_key=dict(key), timeout=timeout)
+            delete_from_gateway(url, JOB, grouping_key=dict(key), timeout=timeout, handler=handler)
     except (OSError, ValueError, http.client.HTTPException) as error:
         group = ",".join(f"{name}={value}" for name, value in {"job": JOB, **key}.items())
         verb = {"PUT": "push", "POST": "push (add)", "DELETE": "delete"}[method]
@@ -315,6 +321,31 @@ def _gateway(
         message = f"could not {verb} metrics group {{{group}}} at Pushgateway {_shown(address)}: {detail}"
         raise PublishFailed(_one_line(message, _secret(address))) from None
     log.info("Pushgateway %s: %s group %s", _shown(address), method, dict(key))
+
+
+def check_address(address: str) -> str:
+    """`host:port` or an http(s) URL; raise UsageError (password redacted) for anything else."""
+    parts = urlsplit(address if "://" in address else "http://" + address)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not a Pushgateway address: {_shown(address)} (use host:port or http(s)://host:port)")
+    return address
+
+
+def _endpoint(address: str) -> tuple[str, Callable[..., Callable[[], None]]]:
+    """The gateway URL without credentials, and a handler sending them as HTTP basic auth."""
+    parts = urlsplit(address if "://" in address else "http://" + address)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a host:port or http(s) URL")
+    if "@" not in parts.netloc:
+        return address, default_handler
+    username, password = unquote(parts.username or ""), unquote(parts.password or "")
+    bare = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, ""))
+
+    def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]],
+                data: bytes) -> Callable[[], None]:
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return bare, handler
 
 
 def _describe(error: BaseException, timeout: float) -> str:
