@@ -123,10 +123,10 @@ def correct(
     new = row["start"] + timedelta(milliseconds=ttft_ms)
     evidence = {
         "instants": {policy: new.replace(tzinfo=UTC).isoformat()},
-        "ttft_ms_from_request_start": ttft_ms + 150.0,
-        "ttft_ms_from_api_call_start": ttft_ms + 150.0 - api_call_offset_ms,
+        "ttft_ms_from_request_start": {policy: ttft_ms + 150.0},
+        "ttft_ms_from_api_call_start": {policy: ttft_ms + 150.0 - api_call_offset_ms},
         "chunk_count": 22,
-        "join": "request_id",
+        "join": ["request_id=litellm_call_id"],
         "stream_seq": 0,
         "litellm_call_id": litellm_call_id or row["request_id"],
     }

@@ -95,7 +95,7 @@ CROSS JOIN LATERAL (
     VALUES (width_bucket(t.litellm_ttft_ms, CAST(:edges AS double precision[])), 1, 0),
            (width_bucket(t.ttft_ms, CAST(:edges AS double precision[])), 0, 1)
 ) AS b(bucket, before_n, after_n)
-WHERE t.source <> 'unresolved'
+WHERE t.source <> 'unresolved' AND b.bucket IS NOT NULL
 GROUP BY b.bucket
 ORDER BY b.bucket
 """
@@ -103,8 +103,14 @@ ORDER BY b.bucket
 # --- explain ----------------------------------------------------------------------------
 
 
-def explain_spend_log(schema_sql: str, has_call_id: bool) -> str:
+def quote_ident(name: str) -> str:
+    """A Postgres identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def explain_spend_log(schema: str, has_call_id: bool) -> str:
     """The SpendLogs row of one request id (scalar columns only)."""
+    schema_sql = quote_ident(schema)
     call_id = "s.litellm_call_id" if has_call_id else "NULL::text"
     return f"""
 SELECT s.request_id, s.call_type, s."startTime" AS start_time, s."endTime" AS end_time,
@@ -151,11 +157,16 @@ ORDER BY c.id
 
 # --- export -----------------------------------------------------------------------------
 
-EXPORT_CORRECTIONS: Final = """
+# The evidence holds each origin's TTFT per policy ({policy: ms}); a plain number is accepted too.
+ORIGIN_MS: Final = """CASE jsonb_typeof(c.evidence -> '{key}')
+           WHEN 'object' THEN CAST(c.evidence -> '{key}' ->> c.policy AS double precision)
+           WHEN 'number' THEN CAST(c.evidence ->> '{key}' AS double precision) END"""
+
+EXPORT_CORRECTIONS: Final = f"""
 SELECT c.request_id, c.litellm_call_id, c.start_time, c.old_completion_start_time,
        c.new_completion_start_time, c.ttft_ms,
-       CAST(c.evidence ->> 'ttft_ms_from_request_start' AS double precision) AS ttft_ms_from_request_start,
-       CAST(c.evidence ->> 'ttft_ms_from_api_call_start' AS double precision) AS ttft_ms_from_api_call_start,
+       {ORIGIN_MS.format(key="ttft_ms_from_request_start")} AS ttft_ms_from_request_start,
+       {ORIGIN_MS.format(key="ttft_ms_from_api_call_start")} AS ttft_ms_from_api_call_start,
        c.policy, c.model_group, c.call_type, c.run_id, c.status
 FROM ttft_reconcile.corrections c
 WHERE c.start_time >= CAST(:since AS timestamptz) AT TIME ZONE 'UTC'
