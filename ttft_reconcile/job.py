@@ -509,11 +509,16 @@ def _backfill_worker(
                     if not queries.advance_slice(conn, piece, settings.worker, position, scanned):
                         raise SliceLost(f"slice {piece.slice_no} was taken over by another worker")
 
-                finished = _reconcile_range(
-                    ctx, tally, since=to_naive_utc(piece.since), until=to_naive_utc(piece.until),
-                    after=piece.position, on_commit=on_commit, slices=(done, total_now),
-                )
+                try:
+                    finished = _reconcile_range(
+                        ctx, tally, since=to_naive_utc(piece.since), until=to_naive_utc(piece.until),
+                        after=piece.position, on_commit=on_commit, slices=(done, total_now),
+                    )
+                except (ReconcileError, sa_exc.SQLAlchemyError, KeyboardInterrupt):
+                    _release(engine, settings, piece)
+                    raise
                 if not finished:
+                    _release(engine, settings, piece)
                     break
                 with transaction(engine, settings.limits) as conn:
                     queries.finish_slice(conn, piece, settings.worker)
@@ -531,6 +536,15 @@ def _backfill_worker(
         return _guarded(engine, settings, run_id, body)
     finally:
         engine.dispose()
+
+
+def _release(engine: Engine, settings: JobSettings, piece: queries.Slice) -> None:
+    """Best effort: a slice we cannot hand back is reclaimed after --slice-lease anyway."""
+    try:
+        with transaction(engine, settings.limits) as conn:
+            queries.release_slice(conn, piece, settings.worker)
+    except sa_exc.SQLAlchemyError as error:
+        log.warning("could not release slice %d: %s", piece.slice_no, describe_db_error(error))
 
 
 def _pool_worker(settings: JobSettings, since: datetime, until: datetime, restart: bool) -> RunSummary:

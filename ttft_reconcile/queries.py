@@ -610,3 +610,14 @@ def restart_backfill(conn: Connection, backfill_id: int) -> None:
         {"id": backfill_id},
     )
     conn.execute(text(f"UPDATE {S}.backfills SET finished_at = NULL WHERE id = :id"), {"id": backfill_id})
+
+
+def release_slice(conn: Connection, piece: Slice, worker: str) -> None:
+    """Hand a slice back (graceful stop or error) keeping its position, so the next worker resumes it."""
+    conn.execute(
+        text(
+            f"UPDATE {S}.backfill_slices SET status = 'pending', worker = NULL"
+            " WHERE backfill_id = :b AND slice_no = :s AND worker = :worker AND status = 'running'"
+        ),
+        {"b": piece.backfill_id, "s": piece.slice_no, "worker": worker},
+    )
