@@ -1,0 +1,94 @@
+"""A plain (non-editable) install ships the migrations inside the package and can migrate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import psycopg
+
+from tests import services
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_carries_migrations_and_migrates_from_anywhere(tmp_path: Path, pg_admin_url: str) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    if built.returncode != 0:  # no setuptools in this venv: build in isolation (needs the index)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(REPO)],
+            capture_output=True, text=True, timeout=300,
+        )
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(tmp_path.glob("ttft_reconcile-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "ttft_reconcile/migrations/env.py" in names
+    assert "ttft_reconcile/migrations/script.py.mako" in names
+    assert any(n.startswith("ttft_reconcile/migrations/versions/0001_") for n in names)
+    assert not any(n.startswith("migrations/") for n in names), "a stray top-level package would be installed"
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    str(wheel)], check=True, timeout=300)
+    name = services.clone_database(pg_admin_url, "template0")
+    try:
+        url = services.with_database(pg_admin_url, name)
+        env = {**os.environ, "PYTHONPATH": str(target), "TTFT_RECONCILE_DATABASE_URL": url}
+        code = "from ttft_reconcile.cli import main; main()"
+        result = subprocess.run([sys.executable, "-c", code, "migrate"], env=env, cwd="/", capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "revision" in result.stdout
+        probe = subprocess.run([sys.executable, "-c", "import ttft_reconcile; print(ttft_reconcile.__file__)"],
+                               env=env, cwd="/", capture_output=True, text=True, timeout=60)
+        assert probe.stdout.startswith(str(target)), probe.stdout
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('ttft_reconcile.stream_traces') IS NOT NULL").fetchone() == (
+                True,)
+        removed = subprocess.run([sys.executable, "-c", code, "migrate", "--downgrade-to-base"], env=env, cwd="/",
+                                 capture_output=True, text=True, timeout=120)
+        assert removed.returncode == 0, removed.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'ttft_reconcile'").fetchone() == (0,)
+    finally:
+        services.drop_database(pg_admin_url, name)
+
+
+def test_migrate_sql_prints_ddl_for_a_dba() -> None:
+    from click.testing import CliRunner
+
+    from ttft_reconcile.cli import cli
+
+    result = CliRunner().invoke(cli, ["migrate", "--sql"])
+    assert result.exit_code == 0
+    assert "CREATE TABLE ttft_reconcile.stream_traces" in result.output
+    assert "PARTITION BY RANGE (request_start_at)" in result.output
+    # never DDL against LiteLLM's tables: no index, no view, no ALTER on them
+    ddl = result.output
+    for forbidden in ('ON "LiteLLM_', 'ALTER TABLE "LiteLLM_', "CREATE VIEW", 'TABLE "LiteLLM_'):
+        assert forbidden not in ddl
+
+
+def test_downgrade_removes_only_our_schema(db_url: str) -> None:
+    from ttft_reconcile.dburl import parse_database_url
+    from ttft_reconcile.db import make_engine
+    from ttft_reconcile.migrate import downgrade_to_base
+
+    with psycopg.connect(db_url) as conn:
+        tables_before = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+    engine = make_engine(parse_database_url(db_url))
+    try:
+        downgrade_to_base(engine)
+    finally:
+        engine.dispose()
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'ttft_reconcile'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == tables_before
