@@ -202,3 +202,47 @@ def test_every_command_has_help_with_an_example() -> None:
         assert command.help, name
         result = invoke(name, "--help")
         assert result.exit_code == 0, name
+
+
+def _gateway_groups(address: str) -> list[dict[str, Any]]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}/api/v1/metrics", timeout=5) as response:
+        data: list[dict[str, Any]] = json.load(response)["data"]
+    return data
+
+
+def test_dead_pushgateway_exits_3_after_committing(db_url: str) -> None:
+    ids = seed(db_url, 2)
+    port = services.free_port()
+    result = invoke("backfill", *WINDOW, "--database-url", db_url, "--pushgateway", f"127.0.0.1:{port}")
+    assert result.exit_code == 3, result.output
+    assert "repaired" in result.output
+    with psycopg.connect(db_url) as conn:
+        done = conn.execute("SELECT count(*) FROM ttft_reconcile.corrections WHERE request_id = ANY(%s)",
+                            (ids,)).fetchone()
+        assert done == (2,)
+
+
+def test_success_and_failure_reach_the_pushgateway(db_url: str, pushgateway: str, pg_admin_url: str) -> None:
+    seed(db_url, 3)
+    deployment = f"cli-{uuid.uuid4().hex[:8]}"
+    ok = invoke("backfill", *WINDOW, "--database-url", db_url, "--pushgateway", pushgateway,
+                "--deployment", deployment)
+    assert ok.exit_code == 0, ok.output
+    group = next(g for g in _gateway_groups(pushgateway) if g["labels"].get("deployment") == deployment)
+    rows = {m["labels"]["outcome"]: float(m["value"])
+            for m in group["ttft_reconcile_last_run_rows"]["metrics"]}
+    assert rows["repaired"] == 3.0
+    success = float(group["ttft_reconcile_last_success_timestamp_seconds"]["metrics"][0]["value"])
+
+    name = services.clone_database(pg_admin_url, "template0")  # no schema: the run fails
+    try:
+        failed = invoke("backfill", *WINDOW, "--database-url", services.with_database(pg_admin_url, name),
+                        "--pushgateway", pushgateway, "--deployment", deployment)
+    finally:
+        services.drop_database(pg_admin_url, name)
+    assert failed.exit_code == 1
+    group = next(g for g in _gateway_groups(pushgateway) if g["labels"].get("deployment") == deployment)
+    assert float(group["ttft_reconcile_last_success_timestamp_seconds"]["metrics"][0]["value"]) == success
+    assert float(group["ttft_reconcile_last_failure_timestamp_seconds"]["metrics"][0]["value"]) >= success

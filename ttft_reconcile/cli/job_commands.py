@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import click
+import psycopg
+from sqlalchemy import exc as sa_exc
 
-from ttft_reconcile import job
+from ttft_reconcile import job, publish
 from ttft_reconcile import migrate as migrations
 from ttft_reconcile.cli.options import (
     database_options,
@@ -16,11 +19,14 @@ from ttft_reconcile.cli.options import (
     job_settings,
     output_options,
     parse_url,
+    publish_options,
+    publish_settings,
 )
 from ttft_reconcile.cli.progress import ProgressPrinter
 from ttft_reconcile.cli.runner import echo_json, execute
 from ttft_reconcile.db import make_engine
-from ttft_reconcile.errors import UsageError
+from ttft_reconcile.errors import EXIT_FAILED, EXIT_INTERRUPTED, ReconcileError, UsageError
+from ttft_reconcile.settings import JobSettings
 from ttft_reconcile.signals import StopFlag, graceful_signals
 from ttft_reconcile.summary import RunSummary
 from ttft_reconcile.timeparse import parse_instant
@@ -84,6 +90,26 @@ def print_summary(summary: RunSummary, as_json: bool) -> None:
         click.echo(f"  {summary.message}")
 
 
+def run_and_publish(kwargs: dict[str, Any], mode: str, work: Callable[[JobSettings], RunSummary]) -> None:
+    """Run the job, print its summary, then publish metrics (failure gauges when the job failed)."""
+    settings = job_settings(kwargs)
+    targets = publish_settings(kwargs, settings.database)
+    try:
+        summary = work(settings)
+    except ReconcileError as error:
+        if error.exit_code in (EXIT_FAILED, EXIT_INTERRUPTED):
+            publish.publish_failed_run(mode, settings, targets)
+        raise
+    except (sa_exc.SQLAlchemyError, psycopg.Error, KeyboardInterrupt):
+        publish.publish_failed_run(mode, settings, targets)
+        raise
+    print_summary(summary, kwargs["as_json"])
+    result = publish.publish_run(summary, settings, targets)
+    if result.method or result.textfile:
+        where = ", ".join(x for x in (result.pushgateway, result.textfile) if x)
+        click.echo(f"metrics published ({result.method or 'textfile'}) to {where}", err=True)
+
+
 def _instant(value: str | None, flag: str) -> datetime | None:
     if value is None:
         return None
@@ -97,6 +123,7 @@ def _instant(value: str | None, flag: str) -> datetime | None:
 @database_options
 @job_options
 @incremental_options
+@publish_options
 @output_options
 def run_command(**kwargs: Any) -> None:
     """Incremental pass for cron: [checkpoint - lookback, now - settle).
@@ -108,18 +135,16 @@ def run_command(**kwargs: Any) -> None:
     */5 * * * *  ttft-reconcile run --pushgateway pushgateway:9091
     """
 
-    def action() -> None:
-        settings = job_settings(kwargs)
+    def work(settings: JobSettings) -> RunSummary:
         printer = ProgressPrinter() if not kwargs["as_json"] else None
         with graceful_signals(StopFlag()) as stop:
             try:
-                summary = job.run_incremental(settings, stop=stop, progress=printer)
+                return job.run_incremental(settings, stop=stop, progress=printer)
             finally:
                 if printer:
                     printer.close()
-        print_summary(summary, kwargs["as_json"])
 
-    execute(kwargs, action)
+    execute(kwargs, lambda: run_and_publish(kwargs, "run", work))
 
 
 @click.command("backfill")
@@ -130,6 +155,7 @@ def run_command(**kwargs: Any) -> None:
 @click.option("--restart", is_flag=True, help="Redo a backfill of this window that already finished.")
 @database_options
 @job_options
+@publish_options
 @output_options
 def backfill_command(since: str, until: str, workers: int, restart: bool, **kwargs: Any) -> None:
     """Reconcile a historical window once, resumably (Ctrl-C and re-issue to resume).
@@ -141,22 +167,20 @@ def backfill_command(since: str, until: str, workers: int, restart: bool, **kwar
     ttft-reconcile backfill --since 2026-03-01 --until 2026-06-01 --workers 2
     """
 
-    def action() -> None:
-        settings = job_settings(kwargs)
+    def work(settings: JobSettings) -> RunSummary:
         start = _instant(since, "--since")
         end = _instant(until, "--until")
         assert start is not None and end is not None
         printer = ProgressPrinter() if not kwargs["as_json"] else None
         with graceful_signals(StopFlag()) as stop:
             try:
-                summary = job.backfill(settings, start, end, workers=workers, restart=restart, stop=stop,
-                                       progress=printer)
+                return job.backfill(settings, start, end, workers=workers, restart=restart, stop=stop,
+                                    progress=printer)
             finally:
                 if printer:
                     printer.close()
-        print_summary(summary, kwargs["as_json"])
 
-    execute(kwargs, action)
+    execute(kwargs, lambda: run_and_publish(kwargs, "backfill", work))
 
 
 @click.command("rollback")
@@ -169,6 +193,7 @@ def backfill_command(since: str, until: str, workers: int, restart: bool, **kwar
 @click.option("--dry-run", is_flag=True, help="Count what would be restored; change nothing.")
 @click.option("--lock-mode", type=click.Choice(["auto", "advisory", "lease"]), default="auto", show_default=True,
               envvar="TTFT_RECONCILE_LOCK_MODE", help="Lane lock (see `run --help`).")
+@publish_options
 @output_options
 def rollback_command(run_id: int | None, since: str | None, until: str | None, **kwargs: Any) -> None:
     """Restore the exact old completionStartTime values a run (or window) wrote.
@@ -181,14 +206,14 @@ def rollback_command(run_id: int | None, since: str | None, until: str | None, *
     ttft-reconcile rollback --since 2026-03-01 --until 2026-03-02
     """
 
-    def action() -> None:
-        settings = job_settings(kwargs)
-        summary = job.rollback(
-            settings, run_id=run_id, since=_instant(since, "--since"), until=_instant(until, "--until")
-        )
-        print_summary(summary, kwargs["as_json"])
+    def work(settings: JobSettings) -> RunSummary:
+        with graceful_signals(StopFlag()) as stop:
+            return job.rollback(
+                settings, run_id=run_id, since=_instant(since, "--since"), until=_instant(until, "--until"),
+                stop=stop,
+            )
 
-    execute(kwargs, action)
+    execute(kwargs, lambda: run_and_publish(kwargs, "rollback", work))
 
 
 def register(group: click.Group) -> None:
