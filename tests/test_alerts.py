@@ -124,3 +124,9 @@ tests:
         exp_alerts: [{{exp_labels: {labels}, exp_annotations: {annotations}}}]
 """)
     assert "SUCCESS" in run_promtool(promtool, "test", "rules", str(tmp_path / "t.yml"))
+
+
+def test_docs_list_every_metric_and_alert() -> None:
+    docs = (services.REPO / "docs" / "metrics.md").read_text()
+    for name in [*metrics.METRIC_NAMES, *CAPTURE_METRICS, *re.findall(r"alert:\s*(\S+)", RULES.read_text())]:
+        assert f"`{name}" in docs, name
