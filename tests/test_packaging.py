@@ -77,8 +77,8 @@ def test_migrate_sql_prints_ddl_for_a_dba() -> None:
 
 
 def test_downgrade_removes_only_our_schema(db_url: str) -> None:
-    from ttft_reconcile.dburl import parse_database_url
     from ttft_reconcile.db import make_engine
+    from ttft_reconcile.dburl import parse_database_url
     from ttft_reconcile.migrate import downgrade_to_base
 
     with psycopg.connect(db_url) as conn:
