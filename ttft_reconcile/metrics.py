@@ -8,37 +8,28 @@ the database: the caller hands in the TTFT quantiles and the checkpoint.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Final
-from urllib.error import HTTPError, URLError
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import (
-    basic_auth_handler,
-    default_handler,
-    delete_from_gateway,
-    push_to_gateway,
-    pushadd_to_gateway,
-    write_to_textfile,
-)
+from prometheus_client.exposition import write_to_textfile
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from ttft_reconcile import __version__
-from ttft_reconcile.dburl import password_of, redact, scrub
-from ttft_reconcile.errors import PublishFailed, UsageError
+from ttft_reconcile import pushgateway as gateway
+from ttft_reconcile.errors import PublishFailed
 from ttft_reconcile.outcomes import OUTCOMES, ROLLBACK_OUTCOMES
 from ttft_reconcile.settings import PublishSettings
 from ttft_reconcile.summary import RunSummary
 
 log = logging.getLogger(__name__)
+check_address = gateway.check_address  # for the CLI: a usage error before the run, not exit 3 after it
 
 JOB: Final = "ttft_reconcile"
 LAST_SUCCESS: Final = "ttft_reconcile_last_success_timestamp_seconds"
@@ -64,7 +55,6 @@ HELP: Final[dict[str, str]] = {
     INFO: "Version and policy of the last successful run (always 1).",
 }
 MAX_MODEL_GROUPS: Final = 25
-_MAX_LINE: Final = 300
 
 # model_group -> quantile label ("0.5", "0.95", ...) -> seconds
 Quantiles = Mapping[str, Mapping[str, float | None]]
@@ -233,13 +223,13 @@ def publish_success(
         wanted = "DELETE" if settings.delete_group_on_success else "PUT"
         pushed = [] if wanted == "DELETE" else families(None)
         try:
-            _gateway(wanted, settings.pushgateway, key, pushed, settings.push_timeout_seconds)
+            gateway.call(wanted, settings.pushgateway, JOB, key, registry_of(pushed), settings.push_timeout_seconds)
             method = wanted
         except PublishFailed as error:
             errors.append(str(error))
     if errors:
         raise PublishFailed("; ".join(errors))
-    return PublishResult(method=method, pushgateway=_shown(settings.pushgateway), textfile=textfile,
+    return PublishResult(method=method, pushgateway=gateway.shown(settings.pushgateway), textfile=textfile,
                          grouping_key=key, series=_series(pushed))
 
 
@@ -276,99 +266,19 @@ def publish_failure(
     pushed = failure_families(now)
     if settings.pushgateway:
         try:
-            _gateway("POST", settings.pushgateway, key, pushed, settings.push_timeout_seconds)
+            gateway.call("POST", settings.pushgateway, JOB, key, registry_of(pushed), settings.push_timeout_seconds)
             method = "POST"
         except PublishFailed as error:
             errors.append(str(error))
     if errors:
         raise PublishFailed("; ".join(errors))
-    return PublishResult(method=method, pushgateway=_shown(settings.pushgateway), textfile=textfile,
+    return PublishResult(method=method, pushgateway=gateway.shown(settings.pushgateway), textfile=textfile,
                          grouping_key=key, series=_series(pushed))
 
 
 def _textfile_labels(key: Mapping[str, str]) -> dict[str, str]:
     # node_exporter's scrape sets job and instance itself; a worker would clash with `instance`
     return {name: value for name, value in key.items() if name in ("deployment", "mode")}
-
-
-def _shown(address: str | None) -> str | None:
-    """The address without its password (a schemeless `user:pw@host:port` included)."""
-    if not address:
-        return None
-    if "://" in address:
-        return redact(address)
-    return redact("http://" + address)[len("http://"):]
-
-
-def _gateway(
-    method: str, address: str, key: Mapping[str, str], families: list[Metric], timeout: float
-) -> None:
-    """One call to the Pushgateway; every transport or HTTP error becomes PublishFailed."""
-    try:
-        url, handler = _endpoint(address)
-        if method == "PUT":
-            push_to_gateway(url, JOB, registry_of(families), grouping_key=dict(key), timeout=timeout,
-                            handler=handler)
-        elif method == "POST":
-            pushadd_to_gateway(url, JOB, registry_of(families), grouping_key=dict(key), timeout=timeout,
-                               handler=handler)
-        else:
-            delete_from_gateway(url, JOB, grouping_key=dict(key), timeout=timeout, handler=handler)
-    except (OSError, ValueError, http.client.HTTPException) as error:
-        group = ",".join(f"{name}={value}" for name, value in {"job": JOB, **key}.items())
-        verb = {"PUT": "push", "POST": "push (add)", "DELETE": "delete"}[method]
-        detail = _describe(error, timeout)
-        message = f"could not {verb} metrics group {{{group}}} at Pushgateway {_shown(address)}: {detail}"
-        raise PublishFailed(_one_line(message, _secret(address))) from None
-    log.info("Pushgateway %s: %s group %s", _shown(address), method, dict(key))
-
-
-def check_address(address: str) -> str:
-    """`host:port` or an http(s) URL; raise UsageError (password redacted) for anything else."""
-    parts = urlsplit(address if "://" in address else "http://" + address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"not a Pushgateway address: {_shown(address)} (use host:port or http(s)://host:port)")
-    return address
-
-
-def _endpoint(address: str) -> tuple[str, Callable[..., Callable[[], None]]]:
-    """The gateway URL without credentials, and a handler sending them as HTTP basic auth."""
-    parts = urlsplit(address if "://" in address else "http://" + address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not a host:port or http(s) URL")
-    if "@" not in parts.netloc:
-        return address, default_handler
-    username, password = unquote(parts.username or ""), unquote(parts.password or "")
-    bare = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, ""))
-
-    def handler(url: str, method: str, timeout: float | None, headers: list[tuple[str, str]],
-                data: bytes) -> Callable[[], None]:
-        return basic_auth_handler(url, method, timeout, headers, data, username, password)
-
-    return bare, handler
-
-
-def _describe(error: BaseException, timeout: float) -> str:
-    if isinstance(error, HTTPError):
-        try:
-            body = error.read(400).decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
-            body = ""
-        text = f"HTTP {error.code} {error.reason}"
-        return f"{text}: {body}" if body.strip() else text
-    reason: object = error.reason if isinstance(error, URLError) else error
-    if isinstance(reason, TimeoutError):
-        return f"no answer within {timeout:g} s (timed out)"
-    return str(reason) or type(reason).__name__
-
-
-def _secret(address: str) -> str:
-    return password_of(address if "://" in address else "http://" + address)
-
-
-def _one_line(message: str, *secrets: str) -> str:
-    flat = " ".join(scrub(message, *secrets).split())
-    return flat if len(flat) <= _MAX_LINE else flat[: _MAX_LINE - 3] + "..."
 
 
 def write_textfile(path: str, families: Iterable[Metric]) -> None:
@@ -379,7 +289,7 @@ def write_textfile(path: str, families: Iterable[Metric]) -> None:
         write_to_textfile(path, registry_of(families))
     except OSError as error:
         detail = error.strerror or str(error)
-        raise PublishFailed(_one_line(f"could not write metrics textfile {path}: {detail}")) from None
+        raise PublishFailed(gateway.one_line(f"could not write metrics textfile {path}: {detail}")) from None
     log.info("wrote metrics textfile %s", path)
 
 
