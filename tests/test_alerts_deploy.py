@@ -180,3 +180,22 @@ def test_examples_carry_no_secrets_or_machine_paths() -> None:
         assert "/tmp/" not in text and "/work/" not in text, path
         assert not re.search(r"://[^/\s:]+:(?!PASSWORD@)[^@\s/]+@", text), path
     assert os.access(CRON, os.R_OK)
+
+
+def cli_envvars() -> set[str]:
+    names: set[str] = set()
+    group_ctx = click.Context(cli)
+    for name in cli.list_commands(group_ctx):
+        command = cli.get_command(group_ctx, name)
+        for param in command.params if command else []:
+            envvar = getattr(param, "envvar", None)
+            names.update([envvar] if isinstance(envvar, str) else list(envvar or []))
+    return names
+
+
+def test_examples_use_only_env_vars_the_cli_reads() -> None:
+    known = cli_envvars()
+    assert "TTFT_RECONCILE_PUSHGATEWAY" in known
+    for path in [CRON, *K8S.glob("*.yaml")]:
+        used = set(re.findall(r"\b(TTFT_RECONCILE_[A-Z_]+)\b", path.read_text()))
+        assert used and used <= known, (path.name, used - known)
