@@ -130,3 +130,16 @@ def test_docs_list_every_metric_and_alert() -> None:
     docs = (services.REPO / "docs" / "metrics.md").read_text()
     for name in [*metrics.METRIC_NAMES, *CAPTURE_METRICS, *re.findall(r"alert:\s*(\S+)", RULES.read_text())]:
         assert f"`{name}" in docs, name
+
+
+def test_capture_alerts_follow_the_capture() -> None:
+    from ttft_reconcile.capture import hooks
+    from ttft_reconcile.capture.metrics import DROP_REASONS
+
+    text = RULES.read_text()
+    (excluded,) = re.findall(r'ttft_capture_hooks_active\{path!~"([^"]+)"\}', text)
+    assert set(excluded.split("|")) == set(hooks.OPTIONAL_PATHS)  # optional paths may be 0 by design
+    tested = set(re.findall(r'path="([a-z_]+)"', RULE_TESTS.read_text()))
+    assert tested <= set(hooks.PATHS)
+    explained = set(re.findall(r"\b([a-z]+_[a-z_]+):", text.split("TTFTCaptureDroppingTraces")[1]))
+    assert explained and explained <= set(DROP_REASONS), explained - set(DROP_REASONS)
