@@ -246,3 +246,18 @@ def test_success_and_failure_reach_the_pushgateway(db_url: str, pushgateway: str
     group = next(g for g in _gateway_groups(pushgateway) if g["labels"].get("deployment") == deployment)
     assert float(group["ttft_reconcile_last_success_timestamp_seconds"]["metrics"][0]["value"]) == success
     assert float(group["ttft_reconcile_last_failure_timestamp_seconds"]["metrics"][0]["value"]) >= success
+
+
+def test_bad_pushgateway_address_is_a_usage_error_before_any_work(db_url: str) -> None:
+    seed(db_url, 1)
+    result = invoke("backfill", *WINDOW, "--database-url", db_url, "--pushgateway", "ftp://u:pw@gw:21")
+    assert result.exit_code == 2
+    assert "pw@" not in result.output
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ttft_reconcile.runs").fetchone() == (0,)
+
+
+def test_empty_window_is_success(db_url: str) -> None:
+    result = invoke("backfill", "--since", "2020-01-01", "--until", "2020-01-02", "--database-url", db_url, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["candidates"] == 0

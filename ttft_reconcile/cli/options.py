@@ -151,8 +151,13 @@ def job_settings(kwargs: dict[str, Any], *, progress: bool = False) -> JobSettin
 
 
 def publish_settings(kwargs: dict[str, Any], database: DatabaseUrl) -> PublishSettings:
+    from ttft_reconcile.metrics import check_address
+
+    gateway = kwargs.get("pushgateway") or None
+    if gateway:
+        check_address(gateway)  # a bad address is a usage error (exit 2) before any work
     return PublishSettings(
-        pushgateway=kwargs.get("pushgateway") or None,
+        pushgateway=gateway,
         metrics_textfile=kwargs.get("metrics_textfile") or None,
         deployment=kwargs.get("deployment") or database.database,
         delete_group_on_success=kwargs.get("delete_group_on_success", False),
