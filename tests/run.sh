@@ -50,7 +50,7 @@ if [[ $main -eq 1 ]]; then
     fi
     .venv/bin/python -m pip install --quiet -e ".[test,plot]"
     set +e
-    .venv/bin/python -m pytest -rs -m "not capture" tests "${extra[@]}"
+    .venv/bin/python -m pytest -rfEs -m "not capture" tests "${extra[@]}"
     rc=$?
     set -e
     if pytest_rc $rc "main suite"; then passed_suites+=("main"); else status=1; fi
@@ -64,7 +64,7 @@ if [[ $capture -eq 1 ]]; then
             bash scripts/capture-venv.sh "$version" "$venv" --editable
         fi
         set +e
-        TTFT_LITELLM_VERSION=$version "$venv/bin/python" -m pytest -rs -m capture tests/capture
+        TTFT_LITELLM_VERSION=$version "$venv/bin/python" -m pytest -rfEs -m capture tests/capture
         rc=$?
         set -e
         if pytest_rc $rc "capture suite (litellm $version)"; then passed_suites+=("litellm-$version"); else status=1; fi
