@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -189,9 +190,18 @@ def write_synthetic(conn: Any, spec: SynthSpec) -> SynthResult:
         + ") FROM STDIN"
     )
     trace_sql = f"COPY ttft_reconcile.stream_traces ({', '.join(TRACE_COLUMNS)}) FROM STDIN"
-    with raw.cursor() as cur:
-        for lo in range(0, spec.rows, CHUNK_ROWS):
-            chunk = model.generate_chunk(ctx, rng, lo, min(CHUNK_ROWS, spec.rows - lo), extra)
+    # Generation (Python) overlaps with COPY (the server): the next chunk is built in a worker
+    # thread while this one streams. One worker, chunks in order: still deterministic.
+    starts = list(range(0, spec.rows, CHUNK_ROWS))
+    with raw.cursor() as cur, ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(model.generate_chunk, ctx, rng, lo, min(CHUNK_ROWS, spec.rows - lo), extra)
+                   for lo in starts[:1]]
+        for number in range(len(starts)):
+            chunk = pending.pop(0).result()
+            if number + 1 < len(starts):
+                lo = starts[number + 1]
+                pending.append(pool.submit(model.generate_chunk, ctx, rng, lo,
+                                           min(CHUNK_ROWS, spec.rows - lo), extra))
             with cur.copy(spend_sql) as copy:
                 copy.write(chunk.spend_text)
             if chunk.trace_text:

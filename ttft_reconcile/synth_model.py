@@ -243,21 +243,9 @@ def _tstz(us: F64) -> list[str]:
     return [NULL if bad else t + "+00" for t, bad in zip(text, np.isnan(us).tolist(), strict=True)]
 
 
-@dataclass
-class _Timeline:
-    """Instants (µs) of the stream that decides the row (the 'selected' stream) and its helpers."""
-
-    t0: F64
-    api: F64
-    hdr: F64
-    fc: F64
-    fe: F64
-    fo: F64
-    fv: F64
-    last: F64
-    end: F64
-    tokens: F64
-    think_tokens: F64
+def _tstz_at(us: F64, rows: I64) -> dict[int, str]:
+    """`_tstz` of the listed rows only, keyed by row."""
+    return dict(zip(rows.tolist(), _tstz(us[rows]), strict=True))
 
 
 def _attr(paths: I64, name: str) -> npt.NDArray[np.object_]:
@@ -421,13 +409,17 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
     route = _attr(paths, "route").tolist()
     prov = provider.tolist()
     mdl = _attr(paths, "model").tolist()
-    t = {name: _tstz(arr) for name, arr in (("t0", trace_t0), ("api", trace_api), ("fc", fc), ("fe", fe),
+    rows_t = np.flatnonzero(traced)
+    rows_h = np.flatnonzero(retry | agentic)
+    rows_d = np.flatnonzero(is_k["ambiguous"])
+    t = {name: _tstz_at(arr, rows_t) for name, arr in (("t0", trace_t0), ("api", trace_api), ("fc", fc), ("fe", fe),
                                              ("fo", fo), ("fv", fv), ("last", last),
                                              ("rec", np.floor(end + rng.uniform(50 * MS, 900 * MS, m))))}
-    helper = {name: _tstz(np.floor(arr)) for name, arr in (("api0", api - shift), ("fc0", fc0), ("api1", api1),
-                                                            ("fc1", fc1), ("fv1", fv1), ("last1", last1))}
+    helper = {name: _tstz_at(np.floor(arr), rows_h)
+              for name, arr in (("api0", api - shift), ("fc0", fc0), ("api1", api1), ("fc1", fc1), ("fv1", fv1),
+                                ("last1", last1))}
     decoy_d = np.floor(rng.uniform(50 * MS, 900 * MS, m))
-    decoy = {name: _tstz(arr + decoy_d) for name, arr in (("t0", trace_t0), ("api", trace_api), ("fc", fc),
+    decoy = {name: _tstz_at(arr + decoy_d, rows_d) for name, arr in (("t0", trace_t0), ("api", trace_api), ("fc", fc),
                                                            ("fe", fe), ("fo", fo), ("fv", fv), ("last", last))}
     n_vis = np.maximum(1, tokens // np.where(fmt == "anthropic", 3, np.where(fmt == "unknown", 2, 1))).astype(int)
     n_think = np.maximum(1, np.floor(reason_d / S * tps / 3)).astype(int)
@@ -435,7 +427,7 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
     variant = np.where(single, "single", np.where(nfo == 0, "zero", np.where(nfo == 1, "framing_error",
                        np.where(nfo == 2, "tool_only", "normal")))).tolist()
     n_traces = 0
-    for i in np.flatnonzero(traced).tolist():
+    for i in rows_t.tolist():
         base = Stream(call_id=call_id[i], seq=0, response_id=response_id[i], route=route[i], call_type=cts[i],
                       provider=prov[i], model=mdl[i], version=version, request_start=t["t0"][i],
                       api_start=t["api"][i], first_chunk=t["fc"][i], first_event=t["fe"][i],

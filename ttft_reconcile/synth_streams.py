@@ -9,7 +9,7 @@ Offsets are integer microseconds from the first chunk; arrays stop at `EVIDENCE_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from ttft_reconcile.policies import EVENT_KINDS
@@ -25,7 +25,7 @@ _FAILED: Final = frozenset({"zero", "error_first", "framing_error"})
 Segment = tuple[float, float, int, str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Stream:
     """A trace row. Instant fields are ready-made `timestamptz` text (or NULL); `offsets` holds the
     same five policy-relevant instants as epoch µs floats: first chunk, first event, first output,
@@ -57,7 +57,7 @@ class Stream:
     evidence: bool
 
     def with_seq(self, seq: int) -> Stream:
-        return Stream(**{**self.__dict__, "seq": seq})
+        return replace(self, seq=seq)
 
 
 def _run(first: float, until: float, count: int, kind: str) -> Segment:
@@ -107,14 +107,17 @@ def _segments(s: Stream) -> tuple[list[Segment], list[Segment]]:
 
 
 def _expand(segments: list[Segment], origin: float, cap: int) -> tuple[list[int], list[str], int]:
+    """Offsets (µs from `origin`; every run starts at or after it) and kinds of the first `cap` items."""
     offsets: list[int] = []
     kinds: list[str] = []
     total = 0
     for first, gap, count, kind in segments:
         total += count
-        for i in range(min(count, cap - len(offsets))):
-            offsets.append(max(0, int(first + i * gap - origin)))
-            kinds.append(kind)
+        take = min(count, cap - len(offsets))
+        if take > 0:
+            start, step = int(first - origin), int(gap)
+            offsets.extend(range(start, start + take * step, step) if step > 0 else [start] * take)
+            kinds.extend([kind] * take)
     return offsets, kinds, total
 
 
