@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 from ttft_reconcile import job, publish
 from ttft_reconcile import migrate as migrations
 from ttft_reconcile.cli.options import (
+    DURATION,
     database_options,
     incremental_options,
     job_options,
@@ -153,11 +155,14 @@ def run_command(**kwargs: Any) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Local worker processes. Processes started elsewhere with the same window join in.")
 @click.option("--restart", is_flag=True, help="Redo a backfill of this window that already finished.")
+@click.option("--slice-lease", type=DURATION, default="5m", show_default=True, envvar="TTFT_RECONCILE_SLICE_LEASE",
+              help="Reclaim a slice whose worker has not committed a batch for this long (a killed pod's slice).")
 @database_options
 @job_options
 @publish_options
 @output_options
-def backfill_command(since: str, until: str, workers: int, restart: bool, **kwargs: Any) -> None:
+def backfill_command(since: str, until: str, workers: int, restart: bool, slice_lease: timedelta,
+                     **kwargs: Any) -> None:
     """Reconcile a historical window once, resumably (Ctrl-C and re-issue to resume).
 
     The window is split into day slices that any number of processes claim
@@ -168,6 +173,7 @@ def backfill_command(since: str, until: str, workers: int, restart: bool, **kwar
     """
 
     def work(settings: JobSettings) -> RunSummary:
+        settings = replace(settings, slice_lease=slice_lease)
         start = _instant(since, "--since")
         end = _instant(until, "--until")
         assert start is not None and end is not None
