@@ -1,0 +1,208 @@
+"""SIGKILL at seeded points of a multi-batch backfill, and SIGTERM / Ctrl-C: nothing lost, nothing doubled.
+
+Each killed process is frozen with SIGSTOP first, so pg_stat_activity shows exactly what its
+session was doing when SIGKILL landed. The resumed result is compared row by row with an
+uninterrupted run on an identical copy of the database.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from tests.reliability.conftest import Clone
+from tests.reliability.dataset import Seeded, audit_agrees, correction_rows, job_backends, spend_rows
+from tests.reliability.procs import KillRecord, count, freeze_inspect_kill, observer, run, spawn, wait_for
+
+WINDOW = ["--since", "2026-03-10", "--until", "2026-03-13"]
+AUDIT = "SELECT count(*) FROM ttft_reconcile.corrections"
+KILL_SEED = 20261203
+KILL_POINTS = 24
+BATCH = "15"
+
+
+def _database(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def _backfill(url: str, *extra: str) -> list[str]:
+    return ["backfill", *WINDOW, "--batch-size", BATCH, "--slice-lease", "1s", "--database-url", url, *extra]
+
+
+def _finished(conn: psycopg.Connection[object]) -> bool:
+    return count(conn, "SELECT count(*) FROM ttft_reconcile.backfills WHERE finished_at IS NOT NULL") == 1
+
+
+def _reference(clone: Clone) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    url = clone()
+    done = run(*_backfill(url))
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(url) as conn:
+        return spend_rows(conn), correction_rows(conn)
+
+
+def _assert_same_as_reference(url: str, reference: tuple[list[tuple[object, ...]], list[tuple[object, ...]]]) -> None:
+    with psycopg.connect(url) as conn:
+        assert audit_agrees(conn) == []
+        spend, audit = spend_rows(conn), correction_rows(conn)
+    assert len(audit) == len(set(audit)), "duplicate corrections"
+    assert len(spend) == len(reference[0])
+    mismatched = [a for a, b in zip(spend, reference[0], strict=True) if a != b]
+    assert mismatched == [], f"{len(mismatched)} SpendLogs rows differ from the reference"
+    assert audit == reference[1]
+
+
+@pytest.mark.slow
+def test_sigkill_at_seeded_points_then_resume_matches_reference(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]],
+) -> None:
+    info, clone = seeded(1500, 7)
+    reference = _reference(clone)
+    repairs = len(reference[1])
+    assert repairs > 500
+    url = clone()
+    database = _database(url)
+    rng = random.Random(KILL_SEED)
+    startup_kills = set(rng.sample(range(KILL_POINTS), 4))
+    targets = iter(sorted(rng.sample(range(1, repairs * 2 // 3), KILL_POINTS - len(startup_kills))))
+    records: list[KillRecord] = []
+    with observer(url) as conn:
+        for point in range(KILL_POINTS):
+            proc = spawn(*_backfill(url))
+            if point in startup_kills:
+                delay = rng.uniform(0.2, 2.0)
+                wait_for(lambda: False, timeout=delay, proc=proc)
+            else:
+                goal = max(next(targets), count(conn, AUDIT) + 1)
+
+                def reached(goal: int = goal) -> bool:
+                    return count(conn, AUDIT) >= goal
+
+                wait_for(reached, timeout=60, proc=proc)
+                time.sleep(rng.uniform(0, 0.06))
+            assert proc.poll() is None, f"kill point {point}: the backfill finished before it ({proc.stderr})"
+            record = freeze_inspect_kill(proc, conn, database, AUDIT)
+            records.append(record)
+            if record.mid_transaction:
+                # the open batch died with the process: nothing it wrote is visible
+                assert record.committed_after == record.committed_before
+            assert audit_agrees(conn) == [], f"after kill point {point}"
+        resumes = 0
+        while not _finished(conn):
+            resumes += 1
+            assert resumes <= 5, "the backfill did not finish after 5 resumes"
+            done = run(*_backfill(url))
+            assert done.returncode == 0, done.stderr
+        runs = Counter(r[0] for r in conn.execute("SELECT coalesce(status, 'none') FROM ttft_reconcile.runs"))
+    _assert_same_as_reference(url, reference)
+    mid = sum(r.mid_transaction for r in records)
+    mid_after_update = sum(r.mid_transaction and r.updated_spend_logs for r in records)
+    states = Counter(
+        next((f"{b['state']}:{b['application_name'] or '-'}" for b in r.backends), "no session") for r in records
+    )
+    print(f"\nkill points: {len(records)} (seed {KILL_SEED}); mid-transaction: {mid}"
+          f" ({mid_after_update} after the guarded UPDATE ran); sessions at kill: {dict(states)};"
+          f" resumes to finish: {resumes}; runs by status: {dict(runs)};"
+          f" rows compared: {info.rows} SpendLogs, {repairs} corrections")
+    assert len(records) >= 20
+    assert mid >= 5, f"only {mid} kills landed in an open transaction"
+
+
+def _hold_row_lock(url: str, request_id: str) -> psycopg.Connection[object]:
+    """A LiteLLM-like writer holding a row lock, so the job's UPDATE waits mid-transaction."""
+    holder = psycopg.connect(url)
+    holder.execute('SELECT 1 FROM "LiteLLM_SpendLogs" WHERE request_id = %s FOR UPDATE', (request_id,))
+    return holder
+
+
+def _row_in_later_batch(url: str) -> str:
+    """A repairable row a few batches into the window (its trace's first chunk is within bounds)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            'SELECT s.request_id FROM "LiteLLM_SpendLogs" s JOIN ttft_reconcile.stream_traces t'
+            " ON t.litellm_call_id IN (s.request_id, s.litellm_call_id)"
+            ' WHERE s."completionStartTime" = s."endTime" AND (t.first_chunk_at AT TIME ZONE \'UTC\')'
+            ' BETWEEN s."startTime" AND s."endTime" - interval \'2 ms\''
+            " AND NOT EXISTS (SELECT 1 FROM ttft_reconcile.stream_traces o WHERE o.response_id = s.request_id"
+            " AND o.litellm_call_id <> t.litellm_call_id)"
+            ' ORDER BY s."startTime" OFFSET 40 LIMIT 1'
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _blocked_mid_batch(url: str, proc_args: list[str]) -> tuple[subprocess.Popen[str], psycopg.Connection[object], int]:
+    target = _row_in_later_batch(url)
+    holder = _hold_row_lock(url, target)
+    proc = spawn(*proc_args)
+    with observer(url) as conn:
+        blocked = wait_for(
+            lambda: any(b["wait"] == "Lock" and b["application_name"] == "ttft_reconcile"
+                        for b in job_backends(conn, _database(url))),
+            timeout=60, proc=proc,
+        )
+        assert blocked, proc.communicate()[1]
+        committed = count(conn, AUDIT)
+    assert committed >= 1
+    return proc, holder, committed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_one_signal_mid_batch_commits_that_batch_then_exits_130(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]], signum: signal.Signals
+) -> None:
+    _, clone = seeded(300, 11)
+    reference = _reference(clone)
+    url = clone()
+    proc, holder, committed = _blocked_mid_batch(url, _backfill(url, "--lock-timeout", "60s"))
+    os.kill(proc.pid, signum)
+    time.sleep(0.3)  # the job keeps waiting inside its batch; then the writer lets go
+    holder.rollback()
+    holder.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"ttft-reconcile: interrupted by {signum.name} after committing batch"), err
+    with observer(url) as conn:
+        assert count(conn, AUDIT) > committed, "the open batch should have committed"
+        assert audit_agrees(conn) == []
+        status = conn.execute("SELECT status FROM ttft_reconcile.runs ORDER BY id DESC LIMIT 1").fetchone()
+        assert status == ("interrupted",)
+    assert run(*_backfill(url)).returncode == 0
+    _assert_same_as_reference(url, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_second_signal_mid_batch_rolls_back_that_batch_then_exits_130(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]], signum: signal.Signals
+) -> None:
+    _, clone = seeded(300, 12)
+    reference = _reference(clone)
+    url = clone()
+    proc, holder, committed = _blocked_mid_batch(url, _backfill(url, "--lock-timeout", "60s"))
+    os.kill(proc.pid, signum)
+    time.sleep(0.3)
+    os.kill(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    holder.rollback()
+    holder.close()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "rolled back" in lines[-1], err
+    with observer(url) as conn:
+        assert count(conn, AUDIT) == committed, "the open batch should have rolled back"
+        assert audit_agrees(conn) == []
+        status = conn.execute("SELECT status FROM ttft_reconcile.runs ORDER BY id DESC LIMIT 1").fetchone()
+        assert status == ("interrupted",)
+    assert run(*_backfill(url)).returncode == 0
+    _assert_same_as_reference(url, reference)
