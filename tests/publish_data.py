@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ttft_reconcile.db import make_engine
 from ttft_reconcile.dburl import parse_database_url
+from ttft_reconcile.timeparse import round_to_millisecond
 
 UTC = timezone.utc
 MS = timedelta(milliseconds=1)
@@ -70,12 +71,13 @@ def spend_log(
         cst: datetime | None = end - MS if fallback_floor else end
     else:
         cst = start_naive + timedelta(milliseconds=ttft_ms)
+    # Stored as timestamp(3): keep the rounded values so later guards compare equal.
     row: dict[str, Any] = {
         "request_id": request_id,
         "call_type": call_type,
-        "start": start_naive,
-        "end": end,
-        "cst": cst,
+        "start": round_to_millisecond(start_naive),
+        "end": round_to_millisecond(end),
+        "cst": None if cst is None else round_to_millisecond(cst),
         "model": f"{provider}/{model_group}",
         "model_group": model_group,
         "provider": provider,
@@ -120,7 +122,7 @@ def correct(
     apply: bool = True,
 ) -> int:
     """Write a correction the way the job does: audit row + guarded UPDATE of SpendLogs."""
-    new = row["start"] + timedelta(milliseconds=ttft_ms)
+    new = round_to_millisecond(row["start"] + timedelta(milliseconds=ttft_ms))
     evidence = {
         "instants": {policy: new.replace(tzinfo=UTC).isoformat()},
         "ttft_ms_from_request_start": {policy: ttft_ms + 150.0},

@@ -73,7 +73,9 @@ def render(report: Report, path: str | Path) -> Path:
     right.set_xticklabels([d.isoformat() for d in daily.days], rotation=45, ha="right", fontsize=8)
     right.set_ylabel("requests")
     right.set_title("Rows per UTC day by source")
-    right.legend(fontsize=8)
+    tallest = max((b + u for b, u in zip(bottom_two, daily.unresolved, strict=True)), default=0)
+    right.set_ylim(0, max(tallest, 1) * 1.2)  # headroom for the legend above the bars
+    right.legend(fontsize=8, loc="upper left", ncol=3)
 
     fig.suptitle(f"ttft-reconcile report {report.since:%Y-%m-%d %H:%M} - {report.until:%Y-%m-%d %H:%M} UTC")
     fig.tight_layout()
