@@ -70,9 +70,11 @@ def anthropic_timetable(message_id: str, gap: float = 0.02, first_delay: float =
 
 
 def responses_timetable(response_id: str, model: str = "gpt-4o", gap: float = 0.02,
-                        first_delay: float = 0.08, content_delay: float = 0.12) -> list[Step]:
+                        first_delay: float = 0.08, content_delay: float = 0.12,
+                        created_at: int | None = None) -> list[Step]:
     """A Responses API stream: created / in_progress, then text deltas, then completed."""
-    base = {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
+    created = int(time.time()) if created_at is None else created_at
+    base = {"id": response_id, "object": "response", "created_at": created, "status": "in_progress",
             "model": model, "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
             "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}}, "usage": None}
     item = {"id": "msg_item_1", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
@@ -163,12 +165,17 @@ class MockUpstream:
         self._loop.run_forever()
 
     def close(self) -> None:
-        def stop() -> None:
+        async def shutdown() -> None:
             self._server.close()
-            self._loop.stop()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(stop)
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -180,7 +187,7 @@ class MockUpstream:
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
                 body = json.loads(raw) if raw else {}
                 await self._respond(writer, path, body)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -209,9 +216,21 @@ class MockUpstream:
 
 def default_plan(path: str, body: dict[str, object]) -> tuple[list[Step], str]:
     """Anthropic for /v1/messages, Responses for /responses, Bedrock for invoke-with-response-stream."""
-    stamp = f"{time.time_ns():x}"
+    return planned(path, f"{time.time_ns():x}", "ok")
+
+
+def planned(path: str, stamp: str, mode: str, cut_after: int | None = None,
+            created_at: int | None = None) -> tuple[list[Step], str]:
+    """The stream for `path` with ids built from `stamp`; "cut" drops the connection after `cut_after` steps."""
     if "invoke-with-response-stream" in path:
-        return bedrock_timetable(f"msg_bdrk_{stamp}"), "ok"
-    if path.endswith("/responses"):
-        return responses_timetable(f"resp_mock_{stamp}"), "ok"
-    return anthropic_timetable(f"msg_mock_{stamp}"), "ok"
+        steps = bedrock_timetable(f"msg_bdrk_{stamp}")
+    elif path.endswith("/responses"):
+        steps = responses_timetable(f"resp_mock_{stamp}", created_at=created_at)
+    else:
+        steps = anthropic_timetable(f"msg_mock_{stamp}")
+    return (steps[:cut_after] if cut_after is not None else steps), mode
+
+
+def fixed_plan(mode: str = "ok", cut_after: int | None = None) -> Planner:
+    """The same bytes for every request (for byte-identical comparisons)."""
+    return lambda path, body: planned(path, "fixed", mode, cut_after, created_at=1_700_000_000)
