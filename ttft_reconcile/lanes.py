@@ -55,6 +55,8 @@ def hold_lane(
         key = lane_key(lane)
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            # name the session that holds the lock, so a second process can say who has the lane
+            queries.name_session(conn, f"{limits.application_name} {holder}"[:63])
             if not queries.try_advisory_lock(conn, key):
                 who = queries.advisory_lock_holder(conn, key)
                 raise LaneHeld(f"lane {lane!r} is held by another process{': ' + who if who else ''}; exiting")

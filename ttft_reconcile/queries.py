@@ -583,6 +583,11 @@ def lease_holder(conn: Connection, lane: str) -> tuple[str, datetime] | None:
     return (row[0], row[1]) if row is not None else None
 
 
+def name_session(conn: Connection, application_name: str) -> None:
+    """Set application_name for the whole session (only for sessions we hold, never behind a pooler)."""
+    conn.execute(text("SELECT set_config('application_name', :app, false)"), {"app": application_name})
+
+
 def try_advisory_lock(conn: Connection, key: int) -> bool:
     return bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
 
