@@ -81,3 +81,6 @@ def freeze_inspect_kill(proc: subprocess.Popen[str], conn: psycopg.Connection[An
     wait_for(lambda: not pids & {b["pid"] for b in job_backends(conn, database)}, timeout=30)
     return KillRecord(backends, mid_transaction(backends), any(b["updated_spend_logs"] for b in backends),
                       before, count(conn, audit_sql))
+
+
+AUDIT_SQL = "SELECT count(*) FROM ttft_reconcile.corrections"
