@@ -2,7 +2,8 @@
 
 A view over LiteLLM's table would block LiteLLM's own `ALTER COLUMN ... TYPE` migrations
 ("cannot alter type of a column used by a view"); a plpgsql body is not dependency-tracked.
-The query is dynamic SQL so LiteLLM's schema name comes from `ttft_reconcile.settings`.
+The query is dynamic SQL so LiteLLM's schema name comes from `ttft_reconcile.settings`. No `%`
+in the SQL (quote_ident rather than format): `migrate --sql` output must stay runnable as is.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,7 +27,7 @@ UPGRADE = r"""
 -- keep the result type fixed when LiteLLM changes a column's type.
 CREATE FUNCTION ttft_reconcile.spend_logs_ttft_sql(litellm_schema text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
-SELECT format($q$
+SELECT $q$
 SELECT s.request_id::text,
        s."startTime"::timestamp(3),
        coalesce(s.model_group::text, ''),
@@ -37,7 +38,7 @@ SELECT s.request_id::text,
        k.source,
        extract(epoch FROM coalesce(c.old_completion_start_time, s."completionStartTime")
                           - s."startTime")::double precision * 1000
-FROM %I."LiteLLM_SpendLogs" s
+FROM $q$ || quote_ident(litellm_schema) || $q$."LiteLLM_SpendLogs" s
 LEFT JOIN ttft_reconcile.corrections c
        ON c.status = 'applied' AND c.request_id = s.request_id AND c.start_time = s."startTime"
       AND c.start_time >= $1 AND c.start_time < $2
@@ -51,7 +52,7 @@ CROSS JOIN LATERAL (
     END AS source
 ) k
 WHERE s."startTime" >= $1 AND s."startTime" < $2 AND s.call_type = ANY ($3)
-$q$, litellm_schema)
+$q$
 $fn$;
 
 -- One row per SpendLogs row of the configured call types whose "startTime" is in [since, until).
