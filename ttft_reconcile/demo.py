@@ -174,7 +174,15 @@ class EmbeddedServer:
     def url(self, database: str) -> str:
         return str(self._server.get_uri(database))
 
+    def detach(self) -> None:
+        """Let go of a server started with keep=True; it keeps running (stop it with `stop_kept`)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._server.cleanup()
+
     def stop(self) -> None:
+        """Stop the server and delete its data, whatever mode it was started in."""
+        self._server.cleanup_mode = "delete"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self._server.cleanup()
@@ -264,11 +272,13 @@ def run_demo(options: DemoOptions, *, phase: Phase | None = None, now: datetime 
             kept = options.keep
             return DemoReport(url=url, kept=kept, data_dir=str(root), **report)
         finally:
-            if server is not None and not kept:
+            if server is None:
+                shutil.rmtree(root, ignore_errors=True)
+            elif kept:
+                server.detach()
+            else:
                 say("stopping the embedded Postgres")
                 server.stop()
-            elif server is None:
-                shutil.rmtree(root, ignore_errors=True)
 
 
 def _populate_and_reconcile(url: str, options: DemoOptions, say: Phase, timings: dict[str, float],
