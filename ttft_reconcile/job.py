@@ -22,7 +22,7 @@ from ttft_reconcile import __version__, queries
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.classify import classify_batch
 from ttft_reconcile.db import SpendLogsShape, describe_db_error, inspect_spend_logs, make_engine, transaction
-from ttft_reconcile.errors import Interrupted, ReconcileError, SchemaMissing, UsageError
+from ttft_reconcile.errors import DatabaseUnavailable, Interrupted, ReconcileError, SchemaMissing, UsageError
 from ttft_reconcile.lanes import LaneLock, hold_lane, resolve_mode
 from ttft_reconcile.migrate import migration_state
 from ttft_reconcile.queries import Position
@@ -184,7 +184,15 @@ def _finish_run(engine: Engine, settings: JobSettings, run_id: int, status: str,
         with transaction(engine, settings.limits) as conn:
             queries.finish_run(conn, run_id, status=status, error=error)
     except sa_exc.SQLAlchemyError as failure:
-        log.warning("could not record the end of run %s: %s", run_id, describe_db_error(failure))
+        _log_follow_up_failure(f"record the end of run {run_id}", failure)
+
+
+def _log_follow_up_failure(what: str, error: sa_exc.SQLAlchemyError) -> None:
+    """A best-effort write after a failure failed too. When the database is unreachable the
+    command's own one-line error already says so: log at INFO instead of adding lines."""
+    described = describe_db_error(error)
+    level = logging.INFO if isinstance(described, DatabaseUnavailable) else logging.WARNING
+    log.log(level, "could not %s: %s", what, described)
 
 
 def _throttle(settings: JobSettings, scanned: int, started: float) -> None:
@@ -544,7 +552,7 @@ def _release(engine: Engine, settings: JobSettings, piece: queries.Slice) -> Non
         with transaction(engine, settings.limits) as conn:
             queries.release_slice(conn, piece, settings.worker)
     except sa_exc.SQLAlchemyError as error:
-        log.warning("could not release slice %d: %s", piece.slice_no, describe_db_error(error))
+        _log_follow_up_failure(f"release slice {piece.slice_no} (reclaimed after --slice-lease)", error)
 
 
 def _pool_worker(settings: JobSettings, since: datetime, until: datetime, restart: bool) -> RunSummary:
