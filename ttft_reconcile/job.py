@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 RUN_LANE = "run"
 ROLLBACK_LANE = "rollback"
 TRACE_JOIN_SLACK = timedelta(days=1)
+HELD_SLICE_POLL = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -501,6 +502,7 @@ def _backfill_worker(
         def body() -> RunSummary:
             started = _now()
             tally = _Tally()
+            waiting_logged = False
             while not stop.requested:
                 with transaction(engine, settings.limits) as conn:
                     piece = queries.claim_slice(
@@ -508,8 +510,18 @@ def _backfill_worker(
                         lease=settings.slice_lease,
                     )
                     done, total_now = queries.backfill_progress(conn, backfill_id)
-                if piece is None:
+                if piece is None and done >= total_now:
                     break
+                if piece is None:
+                    # Other workers hold the rest: wait until they finish it, or until a dead
+                    # worker's lease lapses and we can take its slice over.
+                    if not waiting_logged:
+                        log.info("%d slice(s) of backfill %d are held by other workers; waiting for them"
+                                 " (a silent worker's slice is reclaimed after %s)", total_now - done,
+                                 backfill_id, settings.slice_lease)
+                        waiting_logged = True
+                    _pause(stop, min(HELD_SLICE_POLL, settings.slice_lease))
+                    continue
                 log.info("slice %d of backfill %d: %s .. %s", piece.slice_no, backfill_id,
                          piece.since.isoformat(), piece.until.isoformat())
 
@@ -544,6 +556,13 @@ def _backfill_worker(
         return _guarded(engine, settings, run_id, body)
     finally:
         engine.dispose()
+
+
+def _pause(stop: StopFlag, delay: timedelta) -> None:
+    """Sleep up to `delay`, returning early when a stop is requested."""
+    deadline = time.monotonic() + delay.total_seconds()
+    while not stop.requested and time.monotonic() < deadline:
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def _release(engine: Engine, settings: JobSettings, piece: queries.Slice) -> None:
