@@ -49,7 +49,7 @@ class Cluster:
     """A PostgreSQL cluster from Debian's binaries: TCP on 127.0.0.1:<free port>, socket in its dir.
 
     pg_hba: the `postgres` superuser is trusted (socket and TCP); every other role must
-    authenticate over TCP (md5 for roles named `md5_*`, scram-sha-256 for the rest).
+    authenticate over TCP (md5 for the role `md5_role`, scram-sha-256 for the rest).
     """
 
     def __init__(self) -> None:
@@ -67,7 +67,7 @@ class Cluster:
         (self.data / "pg_hba.conf").write_text(
             "local all postgres trust\n"
             "host all postgres 127.0.0.1/32 trust\n"
-            "host all /^md5_ 127.0.0.1/32 md5\n"
+            "host all md5_role 127.0.0.1/32 md5\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
         )
         self.start()

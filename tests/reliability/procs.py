@@ -28,8 +28,8 @@ def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
                             text=True, start_new_session=True)
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = spawn(*args)
+def run(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = spawn(*args, env=env)
     out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
