@@ -62,16 +62,25 @@ def delta(kind: str) -> dict[str, object]:
     ({"type": "something_new"}, "unknown"),
 ])
 def test_policy_table(data: object, kind: str) -> None:
-    got, _ = classify(ev(data))
+    got = classify(ev(data)).kind
     assert got == kind
     assert got in EVENT_KINDS
 
 
 def test_response_ids_come_from_the_stream() -> None:
-    assert classify(ev({"type": "message_start", "message": {"id": "msg_x"}}))[1] == "msg_x"
-    assert classify(ev({"type": "response.created", "response": {"id": "resp_x"}}))[1] == "resp_x"
-    assert classify(ev({"object": "chat.completion.chunk", "id": "chatcmpl-x", "choices": []}))[1] == "chatcmpl-x"
-    assert classify(ev(delta("text_delta")))[1] is None
+    assert classify(ev({"type": "message_start", "message": {"id": "msg_x"}})).response_id == "msg_x"
+    assert classify(ev({"type": "response.created", "response": {"id": "resp_x"}})).response_id == "resp_x"
+    chunk = {"object": "chat.completion.chunk", "id": "chatcmpl-x", "choices": []}
+    assert classify(ev(chunk)).response_id == "chatcmpl-x"
+    assert classify(ev(delta("text_delta"))).response_id is None
+
+
+@pytest.mark.parametrize("data,terminal", [
+    ({"type": "message_stop"}, True), ({"type": "response.completed", "response": {}}, True),
+    (b"[DONE]", True), ({"type": "message_delta"}, False), (delta("text_delta"), False),
+])
+def test_terminal_events(data: object, terminal: bool) -> None:
+    assert classify(ev(data)).terminal is terminal
 
 
 def sse(obj: object, name: str = "") -> bytes:
@@ -108,6 +117,7 @@ def test_build_row_converts_naive_local_like_litellm_and_offsets_monotonic() -> 
     rec = StreamRecorder(ctx)
     rec.on_chunk(sse({"type": "message_start", "message": {"id": "msg_9"}}))
     rec.on_chunk(sse(delta("text_delta")))
+    rec.on_chunk(sse({"type": "message_stop"}))
     rec.finish("completed")
     rec.finish("cancelled")  # first outcome wins
     row = build_row(rec)
@@ -117,8 +127,27 @@ def test_build_row_converts_naive_local_like_litellm_and_offsets_monotonic() -> 
     assert rec.first_wall is not None
     assert row.first_chunk_at == rec.first_wall.astimezone(timezone.utc) == row.first_event_at
     offset = timedelta(microseconds=row.chunk_offsets_us[1])
-    assert row.first_visible_at == row.first_chunk_at + offset == row.last_chunk_at
-    assert (row.outcome, row.response_id, row.chunk_count, row.event_count) == ("completed", "msg_9", 2, 2)
+    assert row.first_visible_at == row.first_chunk_at + offset <= row.last_chunk_at
+    assert (row.outcome, row.response_id, row.chunk_count, row.event_count) == ("completed", "msg_9", 3, 3)
+
+
+@pytest.mark.parametrize("tail,outcome", [
+    (sse({"type": "message_stop"}), "completed"),
+    (b"", "upstream_error"),  # a known format that stopped before its end event was cut
+    (sse({"type": "error", "error": {"type": "overloaded_error"}}), "upstream_error"),
+])
+def test_a_quietly_cut_stream_is_an_upstream_error(tail: bytes, outcome: str) -> None:
+    rec = StreamRecorder(StreamContext("c", 0, None, None, None, None, None, datetime.now(), None))
+    rec.on_chunk(sse({"type": "message_start", "message": {"id": "msg_1"}}) + sse(delta("text_delta")) + tail)
+    rec.finish("completed")
+    assert build_row(rec).outcome == outcome
+
+
+def test_unknown_formats_that_end_are_completed() -> None:
+    rec = StreamRecorder(StreamContext("c", 0, None, None, None, None, None, datetime.now(), None))
+    rec.on_chunk(b'data: {"candidates": []}\n\n')
+    rec.finish("completed")
+    assert build_row(rec).outcome == "completed"
 
 
 def test_to_utc_keeps_aware_values_and_rejects_non_datetimes() -> None:

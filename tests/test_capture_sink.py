@@ -25,6 +25,7 @@ def recorder(call_id: str, start: datetime | None = None) -> StreamRecorder:
     rec.on_chunk(b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_' + call_id.encode()
                  + b'"}}\n\n')
     rec.on_chunk(b'data: {"type":"content_block_delta","delta":{"type":"text_delta","text":"secret words"}}\n\n')
+    rec.on_chunk(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     rec.finish("completed")
     return rec
 
@@ -63,8 +64,8 @@ def test_rows_land_in_the_parent_table_once(db_url: str, sink_for: list[TraceSin
             " tableoid::regclass::text FROM ttft_reconcile.stream_traces ORDER BY 1").fetchall()
         text = conn.execute("SELECT string_agg(t::text, '') FROM ttft_reconcile.stream_traces t").fetchone()
     assert [r[:5] for r in rows] == [
-        ("call-a", "msg_call-a", ["framing", "visible"], True, "completed"),
-        ("call-b", "msg_call-b", ["framing", "visible"], True, "completed")]
+        ("call-a", "msg_call-a", ["framing", "visible", "framing"], True, "completed"),
+        ("call-b", "msg_call-b", ["framing", "visible", "framing"], True, "completed")]
     assert rows[1][5] == "ttft_reconcile.stream_traces_default"
     assert text is not None and "secret" not in str(text[0])  # timings and kinds only, never content
 

@@ -37,19 +37,19 @@ def run(coro: Any) -> Any:
     return _loop.run_until_complete(coro)
 
 
-async def open_stream(litellm: Any, upstream: MockUpstream, path: str) -> Any:
+async def open_stream(litellm: Any, upstream: MockUpstream, path: str, **extra: Any) -> Any:
     messages = [{"role": "user", "content": "hi"}]
     if path == "messages":
         return await litellm.anthropic.messages.acreate(model=MODEL, messages=messages, max_tokens=50, stream=True,
-                                                        api_base=upstream.base, api_key="x")
+                                                        api_base=upstream.base, api_key="x", **extra)
     if path == "bedrock":
         return await litellm.anthropic.messages.acreate(
             model=BEDROCK_MODEL, messages=messages, max_tokens=50, stream=True,
             aws_bedrock_runtime_endpoint=upstream.base, aws_access_key_id="AKIAFAKEFAKEFAKE",
-            aws_secret_access_key="fake", aws_region_name="us-east-1")
+            aws_secret_access_key="fake", aws_region_name="us-east-1", **extra)
     if path == "responses":
         return await litellm.aresponses(model=RESPONSES_MODEL, input="hi", stream=True,
-                                        api_base=upstream.base + "/v1", api_key="x")
+                                        api_base=upstream.base + "/v1", api_key="x", **extra)
     raise ValueError(path)
 
 

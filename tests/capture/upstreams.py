@@ -143,7 +143,8 @@ Planner = Callable[[str, dict[str, object]], tuple[list[Step], str]]  # (path, b
 class MockUpstream:
     """An HTTP/1.1 server in its own thread and event loop; `plan` decides each response.
 
-    mode: "ok" (end the chunked body normally) or "cut" (drop the connection after the steps).
+    mode: "ok" (end the chunked body normally), "cut" (drop the connection after the steps) or
+    "stall" (send nothing more: the client's read timeout ends the stream).
     """
 
     def __init__(self, plan: Planner, header_delay: float = 0.03) -> None:
@@ -210,6 +211,8 @@ class MockUpstream:
         if mode == "cut":
             writer.transport.abort()
             raise ConnectionError("cut")
+        if mode == "stall":
+            await asyncio.sleep(60)  # the client's read timeout fires first
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 

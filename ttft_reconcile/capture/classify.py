@@ -8,7 +8,7 @@ Only the `type`-like fields are looked at; content is parsed in memory and never
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from ttft_reconcile.capture.sse import SseEvent
 
@@ -41,29 +41,40 @@ _RESPONSES_FRAMING_PREFIXES = (
     "response.incomplete",
 )
 _RESPONSES_ERRORS = frozenset({"error", "response.failed"})
+# Events that end a stream of a format that has one; a stream that stops without it was cut.
+TERMINAL_TYPES = frozenset({"message_stop", "response.completed", "response.incomplete", "response.failed"})
 
 
-def classify(event: SseEvent) -> tuple[str, str | None]:
-    """Return (kind, response id or None) for one dispatched event."""
+class Classified(NamedTuple):
+    """kind: one of policies.EVENT_KINDS; response_id: an id the event reveals; terminal: the
+    event that ends a well-formed stream of its format (message_stop, response.completed, [DONE])."""
+
+    kind: str
+    response_id: str | None
+    terminal: bool
+
+
+def classify(event: SseEvent) -> Classified:
+    """Classify one dispatched event."""
     data = event.data
     if data == b"[DONE]":
-        return FRAMING, None
+        return Classified(FRAMING, None, True)
     try:
         obj = json.loads(data)
     except ValueError:  # also UnicodeDecodeError
-        return UNKNOWN, None
+        return Classified(UNKNOWN, None, False)
     if not isinstance(obj, dict):
-        return UNKNOWN, None
+        return Classified(UNKNOWN, None, False)
     kind = obj.get("type")
     if isinstance(kind, str):
-        if kind.startswith("response.") or kind in _RESPONSES_ERRORS:
-            return _responses(kind, obj)
-        return _anthropic(kind, obj)
+        found = _responses(kind, obj) if kind.startswith("response.") or kind in _RESPONSES_ERRORS else _anthropic(
+            kind, obj)
+        return Classified(found[0], found[1], kind in TERMINAL_TYPES)
     if obj.get("object") == "chat.completion.chunk" or isinstance(obj.get("choices"), list):
-        return _chat_chunk(obj)
+        return Classified(*_chat_chunk(obj), False)
     if "error" in obj:
-        return ERROR, None
-    return UNKNOWN, None
+        return Classified(ERROR, None, False)
+    return Classified(UNKNOWN, None, False)
 
 
 def _anthropic(kind: str, obj: dict[str, Any]) -> tuple[str, str | None]:

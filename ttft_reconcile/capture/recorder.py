@@ -130,6 +130,17 @@ class StreamRecorder:
             self.outcome = outcome
 
 
+def _outcome(observed: str | None, timeline: Timeline) -> str:
+    """The relay's outcome, except that a 'completed' stream of a known format that ended without
+    its end event, or carried a provider error event, was an upstream error (LiteLLM's transport
+    can end a cut stream quietly)."""
+    if observed is None:
+        return "cancelled"
+    if observed == "completed" and (timeline.error_seen or (timeline.known_format() and not timeline.terminal_seen)):
+        return "upstream_error"
+    return observed
+
+
 def build_row(recorder: StreamRecorder) -> TraceRow:
     """The stream_traces row of a finished stream (runs in the writer thread)."""
     ctx = recorder.context
@@ -162,7 +173,7 @@ def build_row(recorder: StreamRecorder) -> TraceRow:
         chunk_count=timeline.chunk_count,
         event_count=timeline.event_count,
         bytes_total=timeline.bytes_total,
-        outcome=recorder.outcome or "cancelled",
+        outcome=_outcome(recorder.outcome, timeline),
         stamped_by=recorder.stamped_by,
         chunk_offsets_us=timeline.chunk_offsets_us,
         event_offsets_us=timeline.event_offsets_us,

@@ -33,6 +33,8 @@ class Timeline:
     event_offsets_us: list[int] = field(default_factory=list)
     event_kinds: list[str] = field(default_factory=list)
     truncated: bool = False
+    terminal_seen: bool = False  # the format's end event arrived (message_stop, response.completed, [DONE])
+    error_seen: bool = False  # the provider sent an error event
     reader: SseReader = field(default_factory=SseReader)
 
     def feed(self, t_ns: int, chunk: bytes) -> None:
@@ -51,7 +53,9 @@ class Timeline:
             self._event(t_ns, offset_us, event)
 
     def _event(self, t_ns: int, offset_us: int, event: SseEvent) -> None:
-        kind, ident = kinds.classify(event)
+        kind, ident, terminal = kinds.classify(event)
+        self.terminal_seen = self.terminal_seen or terminal
+        self.error_seen = self.error_seen or kind == kinds.ERROR
         self.event_count += 1
         if self.response_id is None and ident is not None:
             self.response_id = ident
@@ -66,3 +70,7 @@ class Timeline:
             self.event_kinds.append(kind)
         else:
             self.truncated = True
+
+    def known_format(self) -> bool:
+        """True when some event was recognised (so a missing end event means a cut stream)."""
+        return self.first_event_ns is not None and (self.response_id is not None or self.first_output_ns is not None)
