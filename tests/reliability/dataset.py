@@ -169,9 +169,12 @@ def job_backends(conn: psycopg.Connection[Any], database: str) -> list[dict[str,
 
 
 def mid_transaction(backends: list[dict[str, Any]]) -> bool:
-    """A job transaction is open and not committing: killing now must roll it back."""
+    """A job transaction is open and not committing: killing now must roll it back.
+
+    Call only on a database the job has to itself: every other client backend is the job's.
+    """
     return any(
-        b["application_name"] == "ttft_reconcile" and b["in_xact"]
-        and b["state"] in ("idle in transaction", "active") and not str(b["query"]).upper().startswith("COMMIT")
+        b["in_xact"] and b["state"] in ("idle in transaction", "active")
+        and not str(b["query"]).upper().startswith("COMMIT")
         for b in backends
     )
