@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ttft_reconcile import dashboard_queries as q
-from ttft_reconcile.classify import not_streaming_evidence
+from ttft_reconcile import outcomes as oc
+from ttft_reconcile.classify import Decision, classify_batch
 from ttft_reconcile.db import inspect_spend_logs
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.timeparse import to_aware_utc
@@ -23,7 +25,6 @@ from ttft_reconcile.timeparse import to_aware_utc
 JOIN_CALL_ID = "request_id = stream_traces.litellm_call_id"
 JOIN_SPEND_CALL_ID = "SpendLogs.litellm_call_id = stream_traces.litellm_call_id"
 JOIN_RESPONSE_ID = "request_id = stream_traces.response_id"
-CONFIRM_WITHIN = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ def _verdict(
     policy: str,
     earliest_trace: datetime | None,
 ) -> tuple[str, str, TraceView | None]:
+    """(verdict, reason, trace used). Candidates go through the job's own classifier."""
     live = next((c for c in corrections if c.status == "applied"
                  and c.new_completion_start_time == row.completion_start_time), None)
     if live is not None:
@@ -208,15 +210,10 @@ def _verdict(
     if cst is not None and abs(end - cst) > timedelta(milliseconds=tolerance_ms):
         return ("original", f"LiteLLM recorded a first token {row.ttft_ms:.0f} ms after startTime, "
                 f"{(end - cst).total_seconds() * 1000:.0f} ms before endTime: not a candidate", None)
-    matched = {j.strategy: {t.litellm_call_id for t in j.traces} for j in joins if j.traces}
-    call_ids = set().union(*matched.values()) if matched else set()
-    if len(call_ids) > 1:
-        return "ambiguous", "joins matched different calls: " + "; ".join(
-            f"{s} -> {', '.join(sorted(ids))}" for s, ids in matched.items()), None
-    if not call_ids:
-        evidence = not_streaming_evidence(row.request_id, row.call_type, row.api_base)
-        if evidence is not None:
-            return "not_streaming", evidence, None
+    traces = _unique_traces(joins)
+    decision = _job_decision(row, traces, policy)
+    chosen = choose_trace([t for t in traces if t.litellm_call_id == decision.evidence.get("litellm_call_id")])
+    if decision.outcome == oc.NO_TRACE:
         if earliest_trace is None:
             why = "no trace has been recorded at all: is the capture installed in the proxy?"
         elif earliest_trace > to_aware_utc(row.start_time):
@@ -225,21 +222,39 @@ def _verdict(
         else:
             why = ("no trace within a day of startTime under any join: a non-streaming request, a path the "
                    "capture does not hook, or a trace that was dropped or pruned")
-        return "no_trace", why, None
-    traces = [t for j in joins for t in j.traces]
-    chosen = choose_trace(traces)
-    assert chosen is not None
-    instant = chosen.instants.get(policy)
-    if instant is None:
-        return "no_first_token", f"stream {chosen.stream_seq} ({chosen.outcome}) never had the {policy} event", chosen
-    start, end_aware = to_aware_utc(row.start_time), to_aware_utc(end)
-    if not start <= instant <= end_aware:
-        return ("out_of_bounds", f"the {policy} instant {instant.isoformat()} is outside "
-                f"[startTime, endTime] = [{start.isoformat()}, {end_aware.isoformat()}]", chosen)
-    ttft = (instant - start).total_seconds() * 1000
-    if cst is not None and abs(to_aware_utc(cst) - instant) <= CONFIRM_WITHIN:
-        return "confirmed", f"the stored value already matches the {policy} instant (TTFT {ttft:.0f} ms)", chosen
-    return "repairable", f"the next run sets completionStartTime to {instant.isoformat()} (TTFT {ttft:.0f} ms)", chosen
+        return oc.NO_TRACE, why, None
+    if decision.outcome == oc.REPAIRED and decision.repair is not None:
+        repair = decision.repair
+        return ("repairable", f"the next run sets completionStartTime to {repair.new.isoformat()} "
+                f"(TTFT {repair.ttft_ms:.0f} ms, {policy})", chosen)
+    return decision.outcome, decision.reason, chosen
+
+
+def _unique_traces(joins: Sequence[JoinAttempt]) -> list[TraceView]:
+    seen: dict[tuple[str, int], TraceView] = {}
+    for join in joins:
+        for t in join.traces:
+            seen.setdefault((t.litellm_call_id, t.stream_seq), t)
+    return list(seen.values())
+
+
+def _job_decision(row: SpendLogRow, traces: Sequence[TraceView], policy: str) -> Decision:
+    """The batch job's own classifier on this one candidate and the traces the joins found."""
+    candidates = pd.DataFrame([{
+        "request_id": row.request_id, "start_time": row.start_time, "end_time": row.end_time,
+        "completion_start_time": row.completion_start_time, "call_type": row.call_type,
+        "api_base": row.api_base, "litellm_call_id": row.litellm_call_id, "model_group": row.model_group,
+    }])
+    frame = pd.DataFrame([{
+        "litellm_call_id": t.litellm_call_id, "stream_seq": t.stream_seq, "response_id": t.response_id,
+        "outcome": t.outcome, "request_start_at": t.request_start_at, "api_call_start_at": t.api_call_start_at,
+        "chunk_count": t.chunk_count,
+        **{POLICY_COLUMNS[name]: at for name, at in t.instants.items()},
+    } for t in traces], columns=[
+        "litellm_call_id", "stream_seq", "response_id", "outcome", "request_start_at", "api_call_start_at",
+        "chunk_count", *POLICY_COLUMNS.values(),
+    ])
+    return classify_batch(candidates, frame, policy=policy).decisions[0]
 
 
 def explain(
