@@ -9,9 +9,9 @@ from typing import IO, Any
 import click
 
 from ttft_reconcile import explain as explain_mod
+from ttft_reconcile import explain_format, report_format
 from ttft_reconcile import export as export_mod
 from ttft_reconcile import prune as prune_mod
-from ttft_reconcile import report_format
 from ttft_reconcile.cli.options import (
     DURATION,
     database_options,
@@ -129,7 +129,7 @@ def explain_command(request_id: str, policy: str, tolerance_ms: float | None, ca
         if kwargs["as_json"]:
             echo_json(result.to_json())
         else:
-            click.echo(explain_mod.as_text(result), nl=False)
+            click.echo(explain_format.as_text(result), nl=False)
 
     execute(kwargs, action)
 
