@@ -81,8 +81,11 @@ def choose_streams(traces: pd.DataFrame) -> pd.DataFrame:
 
 
 def _match_call_ids(candidates: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
-    """Per candidate: the call id each join strategy points at (NaN when none; '*' when several)."""
-    call_ids = set(traces["litellm_call_id"]) if not traces.empty else set()
+    """Per candidate: the call id each join strategy points at (NaN when none; '*' when several).
+
+    An empty id is no evidence: it never joins (it would pair unrelated rows and streams).
+    """
+    call_ids = set(traces["litellm_call_id"]) - {""} if not traces.empty else set()
     by_request = candidates["request_id"].where(candidates["request_id"].isin(call_ids))
     column = candidates["litellm_call_id"]
     by_column = column.where(column.notna() & column.isin(call_ids))
@@ -90,6 +93,7 @@ def _match_call_ids(candidates: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFr
         by_response = pd.Series([None] * len(candidates), index=candidates.index, dtype="object")
     else:
         with_response = traces.dropna(subset=["response_id"])
+        with_response = with_response[with_response["response_id"] != ""]
         groups = with_response.groupby("response_id")["litellm_call_id"].agg(lambda s: sorted(set(s)))
         mapping = {rid: (ids[0] if len(ids) == 1 else "*") for rid, ids in groups.items()}
         by_response = candidates["request_id"].map(mapping)
