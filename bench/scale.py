@@ -1,0 +1,223 @@
+"""Issue 5's scale benchmark, one command:
+
+    python -m bench.scale                      # 1 M rows (and a 5 M-row table for `run`)
+    python -m bench.scale --rows 5000000
+    python -m bench.scale --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+Seeds LiteLLM's 1.82.3-era schema (litellm-proxy-extras 0.4.56: request ids are call ids) with
+COPY, then measures on the same data: (1) `backfill` over the whole range against the
+one-statement DBA baseline, (2) `run` with a one-hour window on the N-row table and on a table
+five times as long, (3) the job's peak RSS, (4) EXPLAIN of every statement the job sends to
+SpendLogs, (5) `backfill --workers 1` against `--workers 2`. Rows are restored between
+measurements. Prints a table and writes every figure to a JSON file. Without --database-url it
+starts an embedded Postgres in a throwaway directory and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench import scale_data as data
+from bench import scale_measure as measure
+from bench.scale_report import figures, render
+from ttft_reconcile import job
+from ttft_reconcile.dburl import parse_database_url
+from ttft_reconcile.demo import EmbeddedServer, demo_parent
+from ttft_reconcile.settings import JobSettings
+
+TARGETS = {"backfill_vs_baseline": 1.5, "run_big_vs_small": 1.2, "peak_rss_mib": 300.0}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the main table (default 1,000,000)")
+    p.add_argument("--big-factor", type=int, default=5, help="the `run` comparison table is this many times larger")
+    p.add_argument("--metadata-bytes", type=int, default=2600, help="metadata JSON per row, main table")
+    p.add_argument("--big-metadata-bytes", type=int, default=300, help="metadata JSON per row, large table")
+    p.add_argument("--broken-share", type=float, default=0.10, help="broken streaming rows with traces")
+    p.add_argument("--untraced-share", type=float, default=0.03, help="broken streaming rows without traces")
+    p.add_argument("--rows-per-day", type=float, default=185_000, help="traffic rate (both tables)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--database-url", help="a superuser URL; scratch databases are created and dropped there")
+    p.add_argument("--out", default="bench-scale.json", help="where the JSON goes (default bench-scale.json)")
+    p.add_argument("--no-profile", action="store_true", help="skip the pyinstrument profile of a backfill")
+    p.add_argument("--no-workers", action="store_true", help="skip --workers 1 vs 2")
+    p.add_argument("--keep", action="store_true", help="keep the scratch databases (external server only)")
+    p.add_argument("--force", action="store_true", help="start even if the free disk looks too small")
+    return p.parse_args(argv)
+
+
+def _versions(url: str) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("ttft-reconcile", "sqlalchemy", "psycopg", "pandas", "numpy", "alembic"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        found["postgresql"] = str(row[0]) if row else "?"
+    found["litellm-proxy-extras (schema)"] = data.OLD_EXTRAS
+    return found
+
+
+def _check_disk(args: argparse.Namespace, where: Path | None) -> dict[str, Any]:
+    need = data.disk_estimate(args.rows, args.metadata_bytes, args.rows * args.big_factor,
+                              args.big_metadata_bytes, args.broken_share * 1.1)
+    info: dict[str, Any] = {"estimated_bytes": need}
+    line = f"bench: needs about {need / 1024**3:.1f} GiB of disk for the database"
+    if where is not None:
+        free = shutil.disk_usage(where).free
+        info["free_bytes"] = free
+        line += f"; {free / 1024**3:.1f} GiB free where it will live"
+        if free < need and not args.force:
+            print(line, file=sys.stderr)
+            raise SystemExit("bench: not enough free disk (use --force to try anyway, or fewer --rows)")
+    print(line, file=sys.stderr)
+    return info
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _measure_main(url: str, seeded: data.Seeded, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    window = ["--since", seeded.since.isoformat(), "--until", seeded.until.isoformat()]
+    settings = JobSettings(database=parse_database_url(url))
+    _say("EXPLAIN capture: an in-process `run` (1 h)")
+    with measure.capture_spend_logs_statements() as captured:
+        job.run_incremental(JobSettings(database=settings.database, initial_window=timedelta(hours=1)))
+    data.restore(url)
+    _say("(2) `run`, one-hour window, N-row table")
+    out["run_small"] = asdict(measure.run_cli(["run", "--initial-window", "1h"], url))
+    data.restore(url)
+    _say("(1) the DBA baseline UPDATE")
+    out["baseline"] = asdict(measure.baseline(url))
+    data.restore(url)
+    _say("(1)/(5) `backfill --workers 1` over the whole range")
+    out["backfill_w1"] = asdict(measure.run_cli(["backfill", *window, "--workers", "1"], url))
+    data.restore(url)
+    if not args.no_workers:
+        _say("(5) `backfill --workers 2`")
+        out["backfill_w2"] = asdict(measure.run_cli(["backfill", *window, "--workers", "2"], url))
+        data.restore(url)
+    _say("EXPLAIN capture + profile: an in-process backfill, then its rollback")
+
+    def backfill() -> Any:
+        return job.backfill(settings, seeded.since, seeded.until)
+
+    with measure.capture_spend_logs_statements() as more:
+        if args.no_profile:
+            summary, top = backfill(), ""
+        else:
+            summary, top = measure.profile(backfill)
+        job.rollback(settings, run_id=summary.run_id)
+    captured.statements.update(more.statements)
+    for statement, count in more.counts.items():
+        captured.counts[statement] = captured.counts.get(statement, 0) + count
+    out["profile_top"] = top
+    out["profiled_backfill_seconds"] = summary.duration_seconds
+    data.restore(url)
+    out["explain_small"] = [asdict(e) for e in measure.explain(url, captured)]
+
+
+def _measure_big(url: str, out: dict[str, Any]) -> None:
+    _say("EXPLAIN capture on the large table: an in-process `run` (1 h)")
+    with measure.capture_spend_logs_statements() as captured:
+        job.run_incremental(JobSettings(database=parse_database_url(url), initial_window=timedelta(hours=1)))
+    data.restore(url)
+    _say("(2) `run`, one-hour window, large table")
+    out["run_big"] = asdict(measure.run_cli(["run", "--initial-window", "1h"], url))
+    out["explain_big"] = [asdict(e) for e in measure.explain(url, captured)]
+
+
+def _seed(admin_url: str, name: str, wheel: Path, *, rows: int, metadata_bytes: int,
+          args: argparse.Namespace, until: datetime) -> data.Seeded:
+    since, until = data.time_range(until, rows, args.rows_per_day)
+    _say(f"seeding {rows:,} rows ({since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC) into {name}")
+    url = data.create_database(admin_url, name, wheel)
+    started = time.monotonic()
+    seeded = data.seed(url, rows=rows, since=since, until=until, metadata_bytes=metadata_bytes,
+                       mix=data.shares(args.broken_share, args.untraced_share), seed_value=args.seed)
+    _say(f"seeded in {time.monotonic() - started:.1f} s: {seeded.synth.traces:,} traces,"
+         f" table+TOAST {seeded.table_bytes / rows:,.0f} B/row")
+    return seeded
+
+
+def _seed_info(seeded: data.Seeded, seconds: float) -> dict[str, Any]:
+    return {"rows": seeded.rows, "since": seeded.since.isoformat(), "until": seeded.until.isoformat(),
+            "traces": seeded.synth.traces, "kinds": seeded.synth.kinds, "seed_seconds": round(seconds, 1),
+            "table_toast_bytes": seeded.table_bytes, "table_toast_bytes_per_row": seeded.table_bytes / seeded.rows,
+            "index_bytes": seeded.index_bytes, "trace_bytes": seeded.trace_bytes}
+
+
+def run_benchmark(args: argparse.Namespace, admin_url: str, where: Path | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(), "cores": os.cpu_count(),
+                           "parameters": {k: v for k, v in vars(args).items() if k != "database_url"},
+                           "targets": TARGETS, "versions": _versions(admin_url)}
+    out["disk"] = _check_disk(args, where)
+    wheel = data.extras_wheel()
+    until = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    names = [f"ttft_bench_{os.getpid()}_n", f"ttft_bench_{os.getpid()}_big"]
+    try:
+        started = time.monotonic()
+        small = _seed(admin_url, names[0], wheel, rows=args.rows, metadata_bytes=args.metadata_bytes, args=args,
+                      until=until)
+        out["seed_small"] = _seed_info(small, time.monotonic() - started)
+        _measure_main(small.url, small, args, out)
+        if not args.keep:
+            data.drop_database(admin_url, names[0])
+        started = time.monotonic()
+        big = _seed(admin_url, names[1], wheel, rows=args.rows * args.big_factor,
+                    metadata_bytes=args.big_metadata_bytes, args=args, until=until)
+        out["seed_big"] = _seed_info(big, time.monotonic() - started)
+        _measure_big(big.url, out)
+    finally:
+        if not args.keep:
+            for name in names:
+                data.drop_database(admin_url, name)
+    out["finished_at"] = datetime.now(timezone.utc).isoformat()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    server: EmbeddedServer | None = None
+    where: Path | None = None
+    try:
+        if args.database_url:
+            admin_url = args.database_url
+        else:
+            root = Path(tempfile.mkdtemp(prefix="ttft-reconcile-bench-", dir=demo_parent()))
+            root.chmod(0o755)
+            where = root
+            _say(f"starting an embedded Postgres in {root}")
+            server = EmbeddedServer(root, keep=False)
+            admin_url = server.admin_url
+        results = run_benchmark(args, admin_url, where)
+    finally:
+        if server is not None:
+            server.stop()
+    results["figures"] = figures(results)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print(render(results))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The scale benchmark's printed table (plain text) from its JSON results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def figures(r: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers (also stored in the JSON under `figures`)."""
+    rows = r["seed_small"]["rows"]
+    w1 = r["backfill_w1"]
+    base = r["baseline"]
+    job_s = w1["job_seconds"] or w1["wall_seconds"]
+    run_small = r["run_small"]["job_seconds"] or r["run_small"]["wall_seconds"]
+    run_big = r.get("run_big", {}).get("job_seconds") or r.get("run_big", {}).get("wall_seconds")
+    rss = [r[k]["peak_rss_mib"] for k in ("run_small", "run_big", "backfill_w1", "backfill_w2") if k in r]
+    explained = r.get("explain_small", []) + r.get("explain_big", [])
+    w2 = r.get("backfill_w2")
+    w2_s = (w2["job_seconds"] or w2["wall_seconds"]) if w2 else None
+    return {
+        "backfill_seconds": job_s,
+        "backfill_rows_per_second": rows / job_s if job_s else None,
+        "backfill_repaired": w1["summary"].get("outcomes", {}).get("repaired"),
+        "baseline_seconds": base["seconds"],
+        "baseline_rows_per_second": rows / base["seconds"] if base["seconds"] else None,
+        "baseline_updated": base["updated"],
+        "backfill_vs_baseline": _ratio(job_s, base["seconds"]),
+        "run_small_seconds": run_small,
+        "run_big_seconds": run_big,
+        "run_big_vs_small": _ratio(run_big, run_small),
+        "peak_rss_mib": max(rss) if rss else None,
+        "statements_explained": len(explained),
+        "statements_with_seq_scan": sum(1 for e in explained if e["seq_scan"]),
+        "backfill_w2_seconds": w2_s,
+        "workers_speedup": _ratio(job_s, w2_s),
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    f = figures(r)
+    r["figures"] = f
+    t = r["targets"]
+    s, b = r["seed_small"], r.get("seed_big", {})
+    v = r["versions"]
+    lines = [
+        f"ttft_reconcile scale benchmark: {s['rows']:,} rows (LiteLLM 1.82.3-era schema), {r['cores']} cores,"
+        f" PostgreSQL {v['postgresql']}, Python {v['python']}",
+        f"seed      N: {s['rows']:,} rows, {s['traces']:,} traces in {s['seed_seconds']} s;"
+        f" table+TOAST {s['table_toast_bytes_per_row']:,.0f} B/row",
+    ]
+    if b:
+        lines.append(f"          {b['rows'] // s['rows']}N: {b['rows']:,} rows, {b['traces']:,} traces in"
+                     f" {b['seed_seconds']} s; table+TOAST {b['table_toast_bytes_per_row']:,.0f} B/row")
+    ratio, run_ratio, rss = f["backfill_vs_baseline"], f["run_big_vs_small"], f["peak_rss_mib"]
+    lines += [
+        "",
+        _row("measure", "value", "target", "verdict"),
+        _row("(1) backfill, whole range",
+             f"job {f['backfill_seconds']:.1f} s ({_n(f['backfill_rows_per_second'])} rows/s,"
+             f" {_n(f['backfill_repaired'])} repaired)"),
+        _row("    DBA baseline UPDATE",
+             f"{f['baseline_seconds']:.1f} s ({_n(f['baseline_rows_per_second'])} rows/s,"
+             f" {_n(f['baseline_updated'])} updated)"),
+        _row("    ratio job / baseline", _x(ratio), f"<= {t['backfill_vs_baseline']}",
+             _verdict(None if ratio is None else ratio <= t["backfill_vs_baseline"])),
+        _row("(2) run, 1 h window, N / 5N",
+             f"{_s(f['run_small_seconds'])} s / {_s(f['run_big_seconds'])} s, ratio {_x(run_ratio)}",
+             f"<= {t['run_big_vs_small']}",
+             _verdict(None if run_ratio is None else run_ratio <= t["run_big_vs_small"])),
+        _row("(3) peak RSS of the job", _rss(r), f"<= {t['peak_rss_mib']:.0f} MiB",
+             _verdict(None if rss is None else rss <= t["peak_rss_mib"])),
+        _row("(4) EXPLAIN, SpendLogs statements",
+             f"{f['statements_explained']} distinct, {f['statements_with_seq_scan']} with a Seq Scan on SpendLogs",
+             "0 seq scans", _verdict(f["statements_with_seq_scan"] == 0)),
+    ]
+    if f["backfill_w2_seconds"] is not None:
+        lines.append(_row("(5) backfill --workers 1 / 2",
+                          f"{f['backfill_seconds']:.1f} s / {f['backfill_w2_seconds']:.1f} s,"
+                          f" speedup {_x(f['workers_speedup'])}"))
+    lines += ["", "statements the job sends to SpendLogs (how each reaches the table):"]
+    for e in r.get("explain_small", []) + r.get("explain_big", []):
+        head = " ".join(e["statement"].split())[:70]
+        lines.append(f"  x{e['executions']:<5} {', '.join(e['spend_logs_scans']) or '-'}  <- {head}...")
+    if r.get("profile_top"):
+        lines += ["", "profile of an in-process backfill (pyinstrument, top lines):", r["profile_top"]]
+    return "\n".join(lines)
+
+
+def _row(measure: str, value: str, target: str = "", verdict: str = "") -> str:
+    return f"{measure:<34}{value:<58}{target:<14}{verdict}".rstrip()
+
+
+def _n(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _rss(r: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("run_small", "run N"), ("run_big", "run 5N"), ("backfill_w1", "backfill"),
+                       ("backfill_w2", "backfill w2")):
+        if key in r:
+            parts.append(f"{label} {r[key]['peak_rss_mib']:.0f}")
+    return ", ".join(parts) + " MiB"

@@ -1,0 +1,59 @@
+"""A 20k-row run of the scale benchmark (`python -m bench.scale`), so it cannot rot.
+
+No timing is asserted: only that every measurement ran on real data and was recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_scale_smoke(pg_admin_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--rows", "20000", "--no-profile", "--database-url", pg_admin_url,
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratio job / baseline" in done.stdout and "(4) EXPLAIN" in done.stdout
+    r = json.loads(out.read_text())
+    assert r["cores"] and r["versions"]["postgresql"] and r["versions"]["ttft-reconcile"]
+    assert r["disk"]["estimated_bytes"] > 0
+
+    small, big = r["seed_small"], r["seed_big"]
+    assert small["rows"] == 20000 and big["rows"] == 100000
+    assert small["table_toast_bytes_per_row"] >= 2000  # >= 2 KB of metadata that does not compress away
+    assert small["kinds"]["broken_stream"] > 1000 and small["kinds"]["broken_untraced"] > 0
+
+    for key in ("run_small", "run_big", "backfill_w1", "backfill_w2"):
+        run = r[key]
+        assert run["exit_code"] == 0, run["stderr_tail"]
+        assert run["peak_rss_mib"] > 20
+        outcomes = run["summary"]["outcomes"]
+        assert sum(outcomes.values()) == run["summary"]["candidates"]
+    w1, w2 = r["backfill_w1"]["summary"], r["backfill_w2"]["summary"]
+    assert w1["outcomes"]["repaired"] > 1000
+    assert w2["outcomes"] == w1["outcomes"]  # restored between runs: the same data, the same answers
+    assert r["baseline"]["updated"] > 1000
+    assert r["run_small"]["summary"]["candidates"] > 0 and r["run_big"]["summary"]["candidates"] > 0
+
+    explained = r["explain_small"] + r["explain_big"]
+    assert len(explained) >= 4
+    assert all(e["spend_logs_scans"] for e in explained)
+    figures = r["figures"]
+    assert figures["backfill_vs_baseline"] > 0 and figures["run_big_vs_small"] > 0
+
+    names = re.findall(r" into (ttft_bench_\w+)", done.stderr)
+    assert len(names) == 2
+    with psycopg.connect(pg_admin_url) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", (names,)).fetchone()
+    assert left == (0,)  # the scratch databases are dropped
