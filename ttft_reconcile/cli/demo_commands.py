@@ -52,8 +52,8 @@ def format_report(report: demo.DemoReport) -> str:
         lines.append(f"  {g.model_group:<22}{g.rows_before:>7,}{_ms(g.before_p50):>12}{_ms(g.before_p90):>9}"
                      f"{_ms(g.after_p50):>12}{_ms(g.after_p90):>9}{g.rows_after:>7,}")
     if report.era == "old":
-        lines.append("  (1.82.3 sets startTime after the upstream headers on native /v1/messages streams; each"
-                     " correction's evidence also has TTFT from the proxy's request start)")
+        lines.append("  (1.82.3 sets startTime after the upstream headers on native /v1/messages streams;")
+        lines.append("   each correction's evidence also holds the TTFT from the proxy's request start)")
     lines += ["", "Examples of repaired rows (completionStartTime before -> after):"]
     for e in report.examples:
         lines.append(f"  {e['request_id']}  {e['call_type']}/{e['provider']}  {e['model_group']}")
