@@ -40,7 +40,8 @@ def _run_online(connection: Connection) -> None:
 
 
 if context.is_offline_mode():
-    _configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True)
+    # named paramstyle: otherwise offline output doubles every % (format('%%I')) and psql rejects it
+    _configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
         context.run_migrations()

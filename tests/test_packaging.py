@@ -92,3 +92,22 @@ def test_downgrade_removes_only_our_schema(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'ttft_reconcile'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == tables_before
+
+
+def test_migrate_sql_output_applies_as_is(pg_admin_url: str) -> None:
+    from click.testing import CliRunner
+
+    from ttft_reconcile.cli import cli
+
+    ddl = CliRunner().invoke(cli, ["migrate", "--sql"]).output
+    assert "%%" not in ddl
+    name = services.clone_database(pg_admin_url, "template0")
+    try:
+        with psycopg.connect(services.with_database(pg_admin_url, name), autocommit=True) as conn:
+            conn.execute(ddl.encode())  # type: ignore[call-overload]
+            version = conn.execute("SELECT version_num FROM ttft_reconcile.alembic_version").fetchone()
+            assert version is not None and version[0]
+            assert conn.execute("SELECT to_regprocedure('ttft_reconcile.spend_logs_ttft(timestamptz, timestamptz)')"
+                                " IS NOT NULL").fetchone() == (True,)
+    finally:
+        services.drop_database(pg_admin_url, name)
