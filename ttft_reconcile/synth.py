@@ -24,7 +24,6 @@ Row kinds (the `kind` column of the ground truth):
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,12 +31,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import psycopg
 
 from ttft_reconcile import synth_model as model
-from ttft_reconcile.policies import POLICIES
 
 KINDS: Final[tuple[str, ...]] = model.KINDS
 DEFAULT_SHARES: Final[dict[str, float]] = {
@@ -52,12 +49,7 @@ DEFAULT_SHARES: Final[dict[str, float]] = {
     "ambiguous": 0.01,
     "confirmed": 0.01,
 }
-DEFAULT_CALL_TYPES: Final[tuple[str, ...]] = ("anthropic_messages", "aresponses", "pass_through_endpoint")
 CHUNK_ROWS: Final = 20_000  # rows generated and copied per step (fixed: part of determinism)
-TOLERANCE_MS: Final = 5
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -225,40 +217,3 @@ def write_synthetic(conn: Any, spec: SynthSpec) -> SynthResult:
         seconds=time.monotonic() - started,
         truth=truth,
     )
-
-
-def ttft_by_group(truth: pd.DataFrame, policy: str = "first_chunk") -> pd.DataFrame:
-    """Expected TTFT (ms, from startTime) per model group before and after the job, p50/p90.
-
-    Before: every candidate-call-type row with a completionStartTime, as stored. After: rows the
-    dashboard counts (`original` + `reconciled`), with the repaired values.
-    """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}")
-    frame = truth[truth["call_type"].isin(DEFAULT_CALL_TYPES)].copy()
-    before = (frame["completion_start_time"] - frame["start_time"]).dt.total_seconds() * 1000
-    after_cst = frame[f"cst_{policy}"]
-    after = (after_cst - frame["start_time"]).dt.total_seconds() * 1000
-    counted = (frame["end_time"] - after_cst).dt.total_seconds() * 1000 > TOLERANCE_MS
-    frame["before_ms"] = before
-    frame["after_ms"] = after.where(counted)
-    grouped = frame.groupby(frame["model_group"].replace("", "(pass-through)"))
-    return pd.DataFrame(
-        {
-            "rows": grouped.size(),
-            "before_p50": grouped["before_ms"].quantile(0.5),
-            "before_p90": grouped["before_ms"].quantile(0.9),
-            "after_p50": grouped["after_ms"].quantile(0.5),
-            "after_p90": grouped["after_ms"].quantile(0.9),
-        }
-    )
-
-
-def metadata_template_size() -> int:
-    """Bytes of the metadata JSON without padding (padding tops it up to `metadata_bytes`)."""
-    return len(model.METADATA_TEMPLATE % model.METADATA_PROBE)
-
-
-def api_key_hash(name: str) -> str:
-    """LiteLLM stores hashed virtual keys (sha256 hex)."""
-    return hashlib.sha256(name.encode()).hexdigest()
