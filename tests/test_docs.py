@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -25,7 +26,7 @@ def test_every_option_is_in_the_readme() -> None:
             longest = max(param.opts, key=len)
             if longest in ("--help",):
                 continue
-            if f"`{longest}" not in README:
+            if not re.search(re.escape(longest) + r"(?![\w-])", README):
                 missing.append(f"{name} {longest}")
     assert not missing, "options not documented in README.md: " + ", ".join(missing)
 
