@@ -69,11 +69,15 @@ def not_streaming_evidence(request_id: str, call_type: str, api_base: str | None
 
 
 def choose_streams(traces: pd.DataFrame) -> pd.DataFrame:
-    """One trace per call: the lowest stream_seq that completed, else the lowest stream_seq."""
+    """One trace per call: the lowest stream_seq that completed, else the lowest stream_seq.
+
+    Ties (the same stream recorded twice with different request_start_at, which the primary key
+    allows) go to the earliest recording, so the choice never depends on the order SQL returned.
+    """
     if traces.empty:
         return traces.assign(streams=pd.Series(dtype="int64"))
     ordered = traces.assign(_failed=traces["outcome"] != "completed").sort_values(
-        ["litellm_call_id", "_failed", "stream_seq"], kind="stable"
+        ["litellm_call_id", "_failed", "stream_seq", "request_start_at"], kind="stable"
     )
     counts = traces.groupby("litellm_call_id").size().rename("streams")
     chosen = ordered.drop_duplicates("litellm_call_id", keep="first").drop(columns="_failed")
