@@ -147,9 +147,10 @@ def _settings(url: str) -> JobSettings:
 
 def _state(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
     with psycopg.connect(url) as conn:
-        values = dict(conn.execute('SELECT request_id, "completionStartTime" FROM "LiteLLM_SpendLogs"').fetchall())
-        audit = dict(conn.execute("SELECT request_id, new_completion_start_time FROM ttft_reconcile.corrections")
-                     .fetchall())
+        values: dict[str, Any] = dict(
+            conn.execute('SELECT request_id, "completionStartTime" FROM "LiteLLM_SpendLogs"').fetchall())
+        audit: dict[str, Any] = dict(
+            conn.execute("SELECT request_id, new_completion_start_time FROM ttft_reconcile.corrections").fetchall())
         assert audit_agrees(conn) == []
     return values, audit
 
