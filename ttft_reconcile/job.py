@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
@@ -22,7 +25,17 @@ from ttft_reconcile import __version__, queries
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.classify import classify_batch
 from ttft_reconcile.db import SpendLogsShape, describe_db_error, inspect_spend_logs, make_engine, transaction
-from ttft_reconcile.errors import DatabaseUnavailable, Interrupted, ReconcileError, SchemaMissing, UsageError
+from ttft_reconcile.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_LANE_HELD,
+    DatabaseUnavailable,
+    Interrupted,
+    LaneHeld,
+    ReconcileError,
+    SchemaMissing,
+    UsageError,
+)
 from ttft_reconcile.lanes import LaneLock, hold_lane, resolve_mode
 from ttft_reconcile.migrate import migration_state
 from ttft_reconcile.queries import Position
@@ -575,36 +588,83 @@ def _release(engine: Engine, settings: JobSettings, piece: queries.Slice) -> Non
 
 
 def _pool_worker(settings: JobSettings, since: datetime, until: datetime, restart: bool) -> RunSummary:
-    """Entry point of a child process of `backfill --workers N`."""
+    """Body of a child process of `backfill --workers N`."""
     stop = StopFlag()
     with graceful_signals(stop):
         return _backfill_worker(settings, since, until, restart=restart, stop=stop, progress=None)
 
 
+def _pool_entry(reports: Any, index: int, settings: JobSettings, since: datetime, until: datetime,
+                restart: bool) -> None:
+    """Child process entry: report a summary or (exit code, one-line message) to the parent."""
+    try:
+        reports.put((index, "ok", _pool_worker(settings, since, until, restart)))
+    except ReconcileError as error:
+        reports.put((index, str(error.exit_code), str(error)))
+    except KeyboardInterrupt:
+        reports.put((index, str(EXIT_INTERRUPTED), "interrupted; the open transaction was rolled back"))
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which fails the command
+        reports.put((index, str(EXIT_FAILED), f"{type(error).__name__}: {error}"))
+
+
+def _pool_error(code: int, message: str) -> ReconcileError:
+    kind: type[ReconcileError] = {EXIT_INTERRUPTED: Interrupted, EXIT_LANE_HELD: LaneHeld, 2: UsageError}.get(
+        code, ReconcileError)
+    return kind(message)
+
+
 def _backfill_pool(
     settings: JobSettings, since: datetime, until: datetime, *, workers: int, restart: bool, stop: StopFlag
 ) -> RunSummary:
+    """Run `workers` child processes. A child that dies without reporting (SIGKILL, OOM) fails
+    the command instead of hanging it; a stop request is passed on to the children."""
     started = _now()
     context = multiprocessing.get_context("spawn")
+    reports = context.SimpleQueue()
     base = settings.worker
-    args = [
-        (replace(settings, worker=f"{base}/w{index}"), since, until, restart and index == 0)
+    procs = [
+        context.Process(target=_pool_entry, name=f"{base}/w{index}",
+                        args=(reports, index, replace(settings, worker=f"{base}/w{index}"), since, until,
+                              restart and index == 0))
         for index in range(workers)
     ]
-    with context.Pool(workers) as pool:
-        pending = [pool.apply_async(_pool_worker, arg) for arg in args]
-        results: list[RunSummary] = []
-        errors: list[BaseException] = []
-        for item in pending:
-            try:
-                results.append(item.get())
-            except BaseException as error:  # noqa: BLE001 - collected and re-raised below
-                errors.append(error)
+    for proc in procs:
+        proc.start()
+    forwarded = False
+    got: dict[int, tuple[str, object]] = {}  # worker index -> ("ok", summary) | (exit code, message)
+    while True:
+        while not reports.empty():  # drain as we go: a full pipe would block a reporting child
+            index, status, payload = reports.get()
+            got[index] = (status, payload)
+        alive = [proc for proc in procs if proc.is_alive()]
+        if not alive:
+            break
+        if stop.requested and not forwarded:
+            for proc in alive:
+                if proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGTERM)
+            forwarded = True
+        multiprocessing.connection.wait([proc.sentinel for proc in alive], timeout=0.2)
+    while not reports.empty():
+        index, status, payload = reports.get()
+        got[index] = (status, payload)
+    errors: list[tuple[int, str]] = []
+    results: list[RunSummary] = []
+    for index, proc in enumerate(procs):
+        if index not in got:
+            how = f"signal {-proc.exitcode}" if proc.exitcode and proc.exitcode < 0 else f"exit {proc.exitcode}"
+            errors.append((EXIT_FAILED, f"backfill worker {proc.name} died ({how}) before reporting; re-issue the"
+                                        " backfill to finish its slice (reclaimed after --slice-lease)"))
+        elif got[index][0] == "ok":
+            summary = got[index][1]
+            assert isinstance(summary, RunSummary)
+            results.append(summary)
+        else:
+            errors.append((int(got[index][0]), str(got[index][1])))
     if errors:
-        first = errors[0]
-        if isinstance(first, ReconcileError):
-            raise first
-        raise ReconcileError(f"a backfill worker failed: {first}")
+        rank = {2: 0, EXIT_INTERRUPTED: 1, EXIT_FAILED: 2, EXIT_LANE_HELD: 3}
+        code, message = min(errors, key=lambda item: rank.get(item[0], 2))
+        raise _pool_error(code, message)
     tally = _Tally()
     for result in results:
         tally.candidates += result.candidates
