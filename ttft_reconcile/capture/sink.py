@@ -139,6 +139,7 @@ class TraceSink:
                 item = None
             if isinstance(item, StreamRecorder):
                 row = self._row(item)
+                time.sleep(0)  # hand the GIL back to the event loop between streams
                 if row is not None:
                     batch.append(row)
                 if len(batch) < self.options.batch_size:
