@@ -64,10 +64,10 @@ def _assert_same_as_reference(url: str, reference: tuple[list[tuple[object, ...]
 def test_sigkill_at_seeded_points_then_resume_matches_reference(
     seeded: Callable[[int, int], tuple[Seeded, Clone]],
 ) -> None:
-    info, clone = seeded(1500, 7)
+    info, clone = seeded(1000, 7)
     reference = _reference(clone)
     repairs = len(reference[1])
-    assert repairs > 500
+    assert repairs > 400
     url = clone()
     database = _database(url)
     rng = random.Random(KILL_SEED)
@@ -142,7 +142,7 @@ def _row_in_later_batch(url: str) -> str:
             ' BETWEEN s."startTime" AND s."endTime" - interval \'2 ms\''
             " AND NOT EXISTS (SELECT 1 FROM ttft_reconcile.stream_traces o WHERE o.response_id = s.request_id"
             " AND o.litellm_call_id <> t.litellm_call_id)"
-            ' ORDER BY s."startTime" OFFSET 40 LIMIT 1'
+            ' ORDER BY s."startTime" OFFSET 20 LIMIT 1'
         ).fetchone()
     assert row is not None
     return str(row[0])
@@ -169,7 +169,7 @@ def _blocked_mid_batch(url: str, proc_args: list[str]) -> tuple[subprocess.Popen
 def test_one_signal_mid_batch_commits_that_batch_then_exits_130(
     seeded: Callable[[int, int], tuple[Seeded, Clone]], signum: signal.Signals
 ) -> None:
-    _, clone = seeded(300, 11)
+    _, clone = seeded(150, 11)
     reference = _reference(clone)
     url = clone()
     proc, holder, committed = _blocked_mid_batch(url, _backfill(url, "--lock-timeout", "60s"))
@@ -195,7 +195,7 @@ def test_one_signal_mid_batch_commits_that_batch_then_exits_130(
 def test_second_signal_mid_batch_rolls_back_that_batch_then_exits_130(
     seeded: Callable[[int, int], tuple[Seeded, Clone]], signum: signal.Signals
 ) -> None:
-    _, clone = seeded(300, 12)
+    _, clone = seeded(150, 12)
     reference = _reference(clone)
     url = clone()
     proc, holder, committed = _blocked_mid_batch(url, _backfill(url, "--lock-timeout", "60s"))
@@ -221,7 +221,7 @@ def test_resume_waits_for_a_killed_workers_slice_and_finishes(
     seeded: Callable[[int, int], tuple[Seeded, Clone]],
 ) -> None:
     """The killed worker's slice still looks alive: the next backfill waits out --slice-lease, then takes it."""
-    _, clone = seeded(300, 13)
+    _, clone = seeded(200, 13)
     reference = _reference(clone)
     url = clone()
     proc = spawn(*_backfill(url))
@@ -237,4 +237,59 @@ def test_resume_waits_for_a_killed_workers_slice_and_finishes(
         assert done.returncode == 0, done.stderr
         assert "held by other workers; waiting" in done.stderr
         assert _finished(conn)
+    _assert_same_as_reference(url, reference)
+
+
+def _pool_workers(parent: int) -> list[int]:
+    """The worker processes of `backfill --workers N` (not multiprocessing's resource tracker)."""
+    pids = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in pids if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+
+
+@pytest.mark.slow
+def test_sigkilled_pool_worker_fails_the_command_instead_of_hanging(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]],
+) -> None:
+    _, clone = seeded(400, 14)
+    reference = _reference(clone)
+    url = clone()
+    proc = spawn(*_backfill(url, "--workers", "2", "--json"))
+    with observer(url) as conn:
+        assert wait_for(lambda: count(conn, AUDIT) >= 50, timeout=60, proc=proc)
+        workers = _pool_workers(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[-1], signal.SIGKILL)  # what the OOM killer does
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "died (signal 9)" in lines[0], err
+        assert audit_agrees(conn) == []
+    again = run(*_backfill(url))
+    assert again.returncode == 0, again.stderr
+    _assert_same_as_reference(url, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_pool_parent_stops_every_worker_with_130(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]],
+) -> None:
+    """Kubernetes signals only PID 1: the parent passes the stop on to its workers."""
+    _, clone = seeded(400, 15)
+    reference = _reference(clone)
+    url = clone()
+    proc = spawn(*_backfill(url, "--workers", "2", "--json"))
+    with observer(url) as conn:
+        assert wait_for(lambda: count(conn, AUDIT) >= 50, timeout=60, proc=proc)
+        workers = _pool_workers(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted by SIGTERM" in err
+        assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                    "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+        statuses = {r[0] for r in conn.execute("SELECT status FROM ttft_reconcile.runs")}
+        assert statuses == {"interrupted"}
+        assert audit_agrees(conn) == []
+    again = run(*_backfill(url))
+    assert again.returncode == 0, again.stderr
     _assert_same_as_reference(url, reference)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -14,7 +16,7 @@ from sqlalchemy import text
 
 from tests.reliability.cluster import PgBouncer
 from tests.reliability.conftest import Clone
-from tests.reliability.dataset import Seeded, audit_agrees, seed
+from tests.reliability.dataset import Seeded, audit_agrees, job_backends, seed
 from tests.reliability.procs import AUDIT_SQL, count, observer, run, spawn, wait_for
 from ttft_reconcile.db import make_engine
 from ttft_reconcile.dburl import parse_database_url
@@ -62,6 +64,20 @@ def test_second_run_in_the_lane_exits_75_and_nothing_is_corrected_twice(
         assert count(conn, AUDIT_SQL) == json.loads(out)["outcomes"]["repaired"]
 
 
+def _kill_between_transactions(proc: subprocess.Popen[str], conn: psycopg.Connection[object], database: str) -> None:
+    """SIGKILL while the pooled server session is idle (killed mid-transaction, PgBouncer would
+    close that server session and the lock would go with it)."""
+    for _ in range(500):
+        os.kill(proc.pid, signal.SIGSTOP)
+        if not any(b["in_xact"] for b in job_backends(conn, database)):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.003)
+    raise AssertionError("the job never paused between transactions")
+
+
 @pytest.mark.slow
 def test_advisory_lock_behind_transaction_pooler_excludes_nobody_and_leaks(
     seeded: Callable[[int, int], tuple[Seeded, Clone]], bouncer: PgBouncer,
@@ -79,9 +95,8 @@ def test_advisory_lock_behind_transaction_pooler_excludes_nobody_and_leaks(
     assert second.returncode == 0, second.stderr
     # the lock now belongs to the pooled server session, not to the first process: kill that
     # process and the lock stays behind, so a run that bypasses the pooler is shut out (exit 75)
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=30)
     with observer(direct) as conn:
+        _kill_between_transactions(first, conn, _database(direct))
         held = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND ((classid::bigint << 32) | objid::bigint) = %s", (lane_key("run"),)).fetchone()

@@ -21,7 +21,7 @@ FINISHED = "SELECT count(*) FROM ttft_reconcile.backfills WHERE finished_at IS N
 def _seeded_pair(cluster: Cluster) -> tuple[str, str]:
     template = services.clone_database(cluster.admin_url, services.ensure_template(cluster.admin_url, "new"))
     with psycopg.connect(cluster.url(template)) as conn:
-        seed(conn, 1200, seed_value=21)
+        seed(conn, 600, seed_value=21)
     return (cluster.url(services.clone_database(cluster.admin_url, template)),
             cluster.url(services.clone_database(cluster.admin_url, template)))
 

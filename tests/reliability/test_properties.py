@@ -117,7 +117,7 @@ def _reset(conn: psycopg.Connection[Any]) -> None:
                  " ttft_reconcile.backfill_slices, ttft_reconcile.backfills, ttft_reconcile.runs CASCADE")
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=batches(), policy=st.sampled_from(POLICIES))
 def test_job_writes_only_bounded_values_and_a_rerun_is_a_noop(
     db_url: str, batch: tuple[list[dict[str, Any]], list[dict[str, Any]]], policy: str
