@@ -293,3 +293,25 @@ def test_sigterm_to_the_pool_parent_stops_every_worker_with_130(
     again = run(*_backfill(url))
     assert again.returncode == 0, again.stderr
     _assert_same_as_reference(url, reference)
+
+
+@pytest.mark.slow
+def test_row_lock_held_past_lock_timeout_fails_that_batch_only(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]],
+) -> None:
+    """A writer holding a row lock longer than --lock-timeout: exit 1, one line, the batch rolled back."""
+    _, clone = seeded(150, 16)
+    reference = _reference(clone)
+    url = clone()
+    proc, holder, committed = _blocked_mid_batch(url, _backfill(url, "--lock-timeout", "1s", "--json"))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "lock timeout" in lines[0], err
+    with observer(url) as conn:
+        assert count(conn, AUDIT) == committed
+        assert audit_agrees(conn) == []
+    holder.rollback()
+    holder.close()
+    assert run(*_backfill(url)).returncode == 0
+    _assert_same_as_reference(url, reference)
