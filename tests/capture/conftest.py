@@ -146,7 +146,7 @@ def insert_spend_row(db_url: str, row: dict[str, Any]) -> None:
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'LiteLLM_SpendLogs'")}
         names, values = [], []
         for key, value in row.items():
-            if key not in columns:
+            if key not in columns or value is None:  # None: the column's default, as Prisma leaves it
                 continue
             if key in ("startTime", "endTime", "completionStartTime"):
                 value = naive_utc(value)

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import FrameType
@@ -186,10 +187,28 @@ def _at_exit() -> None:
             capture.sink.drop("shutdown", capture.sink.pending())
 
 
+def _hurry() -> None:
+    capture = _capture
+    if capture is not None and capture.sink is not None and capture.pid == os.getpid():
+        capture.sink.hurry()
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Nobody else handles SIGTERM: flush, then die of the signal as the default would."""
     _at_exit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _chain_sigterm(previous: Callable[[int, FrameType | None], Any]) -> Callable[[int, FrameType | None], Any]:
+    """A server's own SIGTERM handler (uvicorn's drains requests, then re-raises the signal, which
+    skips atexit): switch the writer to write-at-once, then let the server do its shutdown."""
+
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        _hurry()
+        return previous(signum, frame)
+
+    return handler
 
 
 def _install_exit_hooks() -> None:
@@ -198,11 +217,13 @@ def _install_exit_hooks() -> None:
         return
     _exit_hooks_installed = True
     atexit.register(_at_exit)
-    # Only when nobody handles SIGTERM (a server installs its own and then exits normally,
-    # which runs the atexit flush).
-    if threading.current_thread() is threading.main_thread():
-        try:
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                signal.signal(signal.SIGTERM, _on_sigterm)
-        except (ValueError, OSError):
-            log.debug("ttft capture: cannot install a SIGTERM handler here")
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if current in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        elif callable(current):
+            signal.signal(signal.SIGTERM, _chain_sigterm(current))
+    except (ValueError, OSError):
+        log.debug("ttft capture: cannot install a SIGTERM handler here")

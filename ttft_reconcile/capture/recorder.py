@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from ttft_reconcile import __version__
 from ttft_reconcile.capture.timeline import DEFAULT_MAX_OFFSETS, Timeline
@@ -56,6 +57,22 @@ def _text(value: object) -> str | None:
     return text[:200] if text else None
 
 
+def _path_only(route: str | None) -> str | None:
+    """A route or upstream URL without scheme, host or query (those may carry keys)."""
+    if not route:
+        return None
+    path = urlsplit(route).path if "://" in route else route.split("?", 1)[0]
+    return path[:200] or None
+
+
+def _proxy_route(details: dict[str, Any]) -> str | None:
+    """The proxy route the client called (set by LiteLLM's proxy; absent in the SDK)."""
+    params = details.get("litellm_params")
+    metadata = params.get("metadata") if isinstance(params, dict) else None
+    route = metadata.get("user_api_key_request_route") if isinstance(metadata, dict) else None
+    return route if isinstance(route, str) and route.startswith("/") else None
+
+
 def context_from_logging(logging_obj: Any, route: str | None, litellm_version: str | None) -> StreamContext:
     """Read the call's ids and clocks from LiteLLM's logging object (every field optional)."""
     details = getattr(logging_obj, "model_call_details", None)
@@ -70,7 +87,7 @@ def context_from_logging(logging_obj: Any, route: str | None, litellm_version: s
     return StreamContext(
         litellm_call_id=_text(call_id),
         stream_seq=seq,
-        route=route,
+        route=_proxy_route(details) or _path_only(route),
         call_type=_text(getattr(logging_obj, "call_type", None) or details.get("call_type")),
         provider=_text(details.get("custom_llm_provider")),
         model=_text(getattr(logging_obj, "model", None) or details.get("model")),

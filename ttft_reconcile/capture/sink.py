@@ -78,6 +78,7 @@ class TraceSink:
         self._blocked: tuple[str, str] | None = None  # schema problem of the current connection
         self._next_connect = 0.0
         self._metrics = metrics.get()
+        self.urgent = False  # shutting down: write each trace as soon as it arrives
 
     # --- event-loop side -------------------------------------------------------------
     def submit(self, recorder: StreamRecorder) -> None:
@@ -109,6 +110,15 @@ class TraceSink:
 
     def pending(self) -> int:
         return self._queue.qsize()
+
+    def hurry(self) -> None:
+        """From now on write every trace at once (the process is about to exit); never blocks."""
+        self.urgent = True
+        if self._thread is not None:
+            try:
+                self._queue.put_nowait(_Flush())
+            except queue.Full:
+                pass
 
     def _signal(self, marker: _Flush, timeout: float) -> bool:
         if self._thread is None or not self._thread.is_alive():
@@ -142,7 +152,7 @@ class TraceSink:
                 time.sleep(0)  # hand the GIL back to the event loop between streams
                 if row is not None:
                     batch.append(row)
-                if len(batch) < self.options.batch_size:
+                if len(batch) < self.options.batch_size and not (self.urgent and self._queue.empty()):
                     continue
             if batch:
                 self._write(batch)
