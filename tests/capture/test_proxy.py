@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -73,6 +72,8 @@ def proxy(litellm: Any, upstream: MockUpstream, db_url: str, tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["capture-callback", "--config", str(tmp_path / "config.yaml")])
     assert result.exit_code == 0, result.output
     (tmp_path / "spend_probe.py").write_text(PROBE)
+    import httpx
+
     port = services.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TTFT_CAPTURE_DATABASE_URL")}
     env.update(TTFT_CAPTURE_DATABASE_URL=db_url, TTFT_CAPTURE_FLUSH_INTERVAL="0.2",
@@ -111,6 +112,8 @@ def proxy(litellm: Any, upstream: MockUpstream, db_url: str, tmp_path: Path) -> 
 
 
 def stream(base: str, route: str, model: str | None) -> bytes:
+    import httpx  # LiteLLM's dependency: present in capture venvs only
+
     body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "stream": True}
     if model:
         body["model"] = model

@@ -28,7 +28,7 @@ from ttft_reconcile.capture.sink import RateLimitedWarning, SinkOptions, TraceSi
 from ttft_reconcile.capture.timeline import DEFAULT_MAX_OFFSETS
 from ttft_reconcile.dburl import DatabaseUrl, DatabaseUrlError, parse_database_url
 
-__all__ = ["install", "uninstall", "flush", "installed_paths", "CaptureOptions"]
+__all__ = ["install", "uninstall", "flush", "installed_paths", "options_from_env", "CaptureOptions"]
 
 log = logging.getLogger(__name__)
 URL_ENV = ("TTFT_CAPTURE_DATABASE_URL", "DATABASE_URL")
@@ -121,6 +121,29 @@ def _litellm_version() -> str | None:
         return metadata.version("litellm")
     except metadata.PackageNotFoundError:
         return None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def options_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """install() options from TTFT_CAPTURE_* variables; bad values are warned about and ignored."""
+    source = os.environ if env is None else env
+    options: dict[str, Any] = {}
+    if "TTFT_CAPTURE_STAMP" in source:
+        options["stamp"] = source["TTFT_CAPTURE_STAMP"].strip().lower() in _TRUE
+    for name, key, kind in (("TTFT_CAPTURE_MAX_OFFSETS", "max_offsets", int),
+                            ("TTFT_CAPTURE_QUEUE_SIZE", "queue_size", int),
+                            ("TTFT_CAPTURE_FLUSH_INTERVAL", "flush_interval", float)):
+        if name in source:
+            try:
+                value = kind(source[name])
+            except ValueError:
+                log.warning("ttft capture: ignoring %s=%r (not a number)", name, source[name])
+                continue
+            if value > 0:
+                options[key] = value
+    return options
 
 
 def install(database_url: str | None = None, **options: Any) -> list[str]:
