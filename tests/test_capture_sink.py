@@ -161,3 +161,32 @@ def test_rows_carry_utc_instants(db_url: str, sink_for: list[TraceSink]) -> None
     assert row is not None and rec.first_wall is not None
     assert row[0] == rec.first_wall.astimezone(timezone.utc)  # naive local -> UTC, exact to the µs
     assert row[1] == rec.context.request_start.astimezone(timezone.utc)  # type: ignore[union-attr]
+
+
+def test_a_forked_worker_gets_its_own_writer_and_connection(db_url: str) -> None:
+    import os
+
+    from ttft_reconcile import capture
+
+    state = capture._Capture(parse_database_url(db_url), capture.CaptureOptions(flush_interval=0.05), "test")
+    state.finish(recorder("parent"), "completed")
+    parent_sink = state.sink
+    assert parent_sink is not None and parent_sink.flush(10)
+    pid = os.fork()
+    if pid == 0:  # the worker: same objects, another process
+        code = 1
+        try:
+            state.finish(recorder("child"), "completed")
+            child_sink = state.sink
+            code = 0 if child_sink is not parent_sink and child_sink is not None and child_sink.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert state.sink is parent_sink
+    state.finish(recorder("parent-again"), "completed")
+    assert parent_sink.flush(10)
+    parent_sink.stop(5)
+    with psycopg.connect(db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT litellm_call_id FROM ttft_reconcile.stream_traces ORDER BY 1")]
+    assert ids == ["child", "parent", "parent-again"]
