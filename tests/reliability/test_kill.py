@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -165,7 +166,7 @@ def _blocked_mid_batch(url: str, proc_args: list[str]) -> tuple[subprocess.Popen
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_one_signal_mid_batch_commits_that_batch_then_exits_130(
     seeded: Callable[[int, int], tuple[Seeded, Clone]], signum: signal.Signals
 ) -> None:
@@ -191,7 +192,7 @@ def test_one_signal_mid_batch_commits_that_batch_then_exits_130(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_second_signal_mid_batch_rolls_back_that_batch_then_exits_130(
     seeded: Callable[[int, int], tuple[Seeded, Clone]], signum: signal.Signals
 ) -> None:
@@ -232,7 +233,7 @@ def test_resume_waits_for_a_killed_workers_slice_and_finishes(
                             " AND heartbeat_at > now() - interval '3 seconds'").fetchone()
         assert held == (1,)
         args = _backfill(url, "--log-level", "INFO")
-        args[args.index("--slice-lease") + 1] = "3s"
+        args[args.index("--slice-lease") + 1] = "6s"
         done = run(*args)
         assert done.returncode == 0, done.stderr
         assert "held by other workers; waiting" in done.stderr
@@ -242,8 +243,15 @@ def test_resume_waits_for_a_killed_workers_slice_and_finishes(
 
 def _pool_workers(parent: int) -> list[int]:
     """The worker processes of `backfill --workers N` (not multiprocessing's resource tracker)."""
-    pids = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in pids if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and "spawn_main" in (entry / "cmdline").read_text():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or it just exited
+    return sorted(found)
 
 
 @pytest.mark.slow
