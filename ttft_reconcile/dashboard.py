@@ -48,6 +48,7 @@ def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:
     unique = sorted(set(days))
     if not unique:
         return 0
+    conn.execute(text(q.LOCK_DAILY))
     conn.execute(text(q.DELETE_DAILY), {"days": unique})
     written = conn.execute(text(q.INSERT_DAILY), {"days": unique}).rowcount or 0
     log.info("ttft_daily refreshed for %d day(s): %d row(s)", len(unique), written)

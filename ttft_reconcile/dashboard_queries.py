@@ -24,6 +24,9 @@ SELECT_SETTINGS: Final = "SELECT key, value FROM ttft_reconcile.settings"
 
 # --- ttft_daily -------------------------------------------------------------------------
 
+# Concurrent refreshes (backfill workers, a run next to a backfill) take turns: without this,
+# two DELETE + INSERT of the same day collide on the primary key.
+LOCK_DAILY: Final = "SELECT pg_advisory_xact_lock(hashtextextended('ttft_reconcile.ttft_daily', 0))"
 DELETE_DAILY: Final = "DELETE FROM ttft_reconcile.ttft_daily WHERE day = ANY (CAST(:days AS date[]))"
 
 # One UTC day per lateral call: [day 00:00 UTC, day+1 00:00 UTC), so no row lands in two days.
