@@ -161,14 +161,29 @@ def _seed(admin_url: str, name: str, wheel: Path, *, rows: int, metadata_bytes: 
 def _seed_info(seeded: data.Seeded, seconds: float) -> dict[str, Any]:
     return {"rows": seeded.rows, "since": seeded.since.isoformat(), "until": seeded.until.isoformat(),
             "traces": seeded.synth.traces, "kinds": seeded.synth.kinds, "seed_seconds": round(seconds, 1),
+            "write_seconds": round(seeded.synth.seconds, 1),
+            "generate_cpu_seconds": round(seeded.synth.generate_cpu_seconds, 1),
+            "copy_seconds": round(seeded.synth.copy_seconds, 1),
             "table_toast_bytes": seeded.table_bytes, "table_toast_bytes_per_row": seeded.table_bytes / seeded.rows,
             "index_bytes": seeded.index_bytes, "trace_bytes": seeded.trace_bytes}
 
 
+class _Results(dict[str, Any]):
+    """Results so far, saved to `<out>.partial` after every figure (a long run that fails keeps them)."""
+
+    def __init__(self, path: Path, **items: Any) -> None:
+        super().__init__(**items)
+        self.path = path
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.path.write_text(json.dumps(self, indent=2, default=str) + "\n", encoding="utf-8")
+
+
 def run_benchmark(args: argparse.Namespace, admin_url: str, where: Path | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(), "cores": os.cpu_count(),
-                           "parameters": {k: v for k, v in vars(args).items() if k != "database_url"},
-                           "targets": TARGETS, "versions": _versions(admin_url)}
+    out = _Results(Path(args.out + ".partial"), started_at=datetime.now(timezone.utc).isoformat(),
+                   cores=os.cpu_count(), parameters={k: v for k, v in vars(args).items() if k != "database_url"},
+                   targets=TARGETS, versions=_versions(admin_url))
     out["disk"] = _check_disk(args, where)
     wheel = data.extras_wheel()
     until = datetime.now(timezone.utc).replace(second=0, microsecond=0)
@@ -191,7 +206,8 @@ def run_benchmark(args: argparse.Namespace, admin_url: str, where: Path | None) 
             for name in names:
                 data.drop_database(admin_url, name)
     out["finished_at"] = datetime.now(timezone.utc).isoformat()
-    return out
+    out.path.unlink(missing_ok=True)
+    return dict(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ def test_bench_scale_smoke(pg_admin_url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ratio job / baseline" in done.stdout and "(4) EXPLAIN" in done.stdout
     r = json.loads(out.read_text())
+    assert not out.with_name(out.name + ".partial").exists()
     assert r["cores"] and r["versions"]["postgresql"] and r["versions"]["ttft-reconcile"]
     assert r["disk"]["estimated_bytes"] > 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -186,6 +187,7 @@ class Chunk:
     traces: int
     kinds: dict[str, int]
     truth: pd.DataFrame
+    cpu_seconds: float  # thread CPU time spent building this chunk
 
 
 def _hex(name: str) -> str:
@@ -258,6 +260,7 @@ def _num(paths: I64, name: str) -> F64:
 
 def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extra: tuple[str, ...]) -> Chunk:
     """Rows lo..lo+m of the run: SpendLogs COPY text, trace COPY text, counts and ground truth."""
+    cpu_started = time.thread_time()
     old = ctx.era == "old"
     span = max(ctx.until_us - ctx.since_us - 60 * S, 1.0)
     t0 = np.floor(ctx.since_us + (np.arange(lo, lo + m) + rng.random(m)) * span / max(ctx.rows, 1))
@@ -533,7 +536,7 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
         evidence=is_k["non_streaming"] & ((old & anthropic_messages) | np.isin(provider, ["bedrock", "vertex_ai"])),
     )
     counts = {name: int(is_k[name].sum()) for name in KINDS}
-    return Chunk(spend_text, "".join(trace_lines), n_traces, counts, truth)
+    return Chunk(spend_text, "".join(trace_lines), n_traces, counts, truth, time.thread_time() - cpu_started)
 
 
 def _truth(
