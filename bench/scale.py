@@ -100,10 +100,10 @@ def _measure_main(url: str, seeded: data.Seeded, args: argparse.Namespace, out: 
     settings = JobSettings(database=parse_database_url(url))
     _say("EXPLAIN capture: an in-process `run` (1 h)")
     with measure.capture_spend_logs_statements() as captured:
-        job.run_incremental(JobSettings(database=settings.database, initial_window=timedelta(hours=1)))
+        _run_last_hour_in_process(url, seeded.until)
     data.restore(url)
     _say("(2) `run`, one-hour window, N-row table")
-    out["run_small"] = asdict(measure.run_cli(["run", "--initial-window", "1h"], url))
+    out["run_small"] = asdict(measure.run_cli(_run_last_hour_args(seeded.until), url))
     data.restore(url)
     _say("(1) the DBA baseline UPDATE")
     out["baseline"] = asdict(measure.baseline(url))
@@ -135,13 +135,25 @@ def _measure_main(url: str, seeded: data.Seeded, args: argparse.Namespace, out: 
     out["explain_small"] = [asdict(e) for e in measure.explain(url, captured)]
 
 
-def _measure_big(url: str, out: dict[str, Any]) -> None:
+def _run_last_hour_args(until: datetime) -> list[str]:
+    """`run` arguments whose window is the data's last hour, [until - 1 h, until), whenever it starts."""
+    settle = max(0, int((datetime.now(timezone.utc) - until).total_seconds()))
+    return ["run", "--initial-window", f"{settle + 3600}s", "--settle", f"{settle}s"]
+
+
+def _run_last_hour_in_process(url: str, until: datetime) -> None:
+    settings = JobSettings(database=parse_database_url(url), initial_window=timedelta(hours=1),
+                           settle=timedelta(0))
+    job.run_incremental(settings, now=until)
+
+
+def _measure_big(url: str, until: datetime, out: dict[str, Any]) -> None:
     _say("EXPLAIN capture on the large table: an in-process `run` (1 h)")
     with measure.capture_spend_logs_statements() as captured:
-        job.run_incremental(JobSettings(database=parse_database_url(url), initial_window=timedelta(hours=1)))
+        _run_last_hour_in_process(url, until)
     data.restore(url)
     _say("(2) `run`, one-hour window, large table")
-    out["run_big"] = asdict(measure.run_cli(["run", "--initial-window", "1h"], url))
+    out["run_big"] = asdict(measure.run_cli(_run_last_hour_args(until), url))
     out["explain_big"] = [asdict(e) for e in measure.explain(url, captured)]
 
 
@@ -200,7 +212,7 @@ def run_benchmark(args: argparse.Namespace, admin_url: str, where: Path | None) 
         big = _seed(admin_url, names[1], wheel, rows=args.rows * args.big_factor,
                     metadata_bytes=args.big_metadata_bytes, args=args, until=until)
         out["seed_big"] = _seed_info(big, time.monotonic() - started)
-        _measure_big(big.url, out)
+        _measure_big(big.url, big.until, out)
     finally:
         if not args.keep:
             for name in names:

@@ -24,7 +24,7 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
     rss = [r[k]["peak_rss_mib"] for k in ("run_small", "run_big", "backfill_w1", "backfill_w2") if k in r]
     explained = r.get("explain_small", []) + r.get("explain_big", [])
     w2 = r.get("backfill_w2")
-    w2_s = (w2["job_seconds"] or w2["wall_seconds"]) if w2 else None
+    w2_s = (w2["job_seconds"] or w2["wall_seconds"]) if w2 and not w2["exit_code"] else None
     return {
         "backfill_seconds": job_s,
         "backfill_rows_per_second": rows / job_s if job_s else None,
@@ -81,6 +81,9 @@ def render(r: dict[str, Any]) -> str:
              f"{f['statements_explained']} distinct, {f['statements_with_seq_scan']} with a Seq Scan on SpendLogs",
              "0 seq scans", _verdict(f["statements_with_seq_scan"] == 0)),
     ]
+    failed = [k for k in ("run_small", "run_big", "backfill_w1", "backfill_w2") if k in r and r[k]["exit_code"]]
+    for key in failed:
+        lines.append(_row(f"    FAILED: {key}", f"exit {r[key]['exit_code']}: {r[key]['stderr_tail'].strip()[-150:]}"))
     if f["backfill_w2_seconds"] is not None:
         lines.append(_row("(5) backfill --workers 1 / 2",
                           f"{f['backfill_seconds']:.1f} s / {f['backfill_w2_seconds']:.1f} s,"
