@@ -480,16 +480,39 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
             trace_lines.append(stream_row(stream))
         n_traces += len(streams)
 
-    # --- SpendLogs text ---------------------------------------------------------------------------
+    model_group = _attr(paths, "model_group").tolist()
+    spend_text = _spend_text(
+        ctx, rng, paths=paths, request_id=request_id, call_type=cts, model=mdl, model_group=model_group,
+        provider=prov, streaming=streaming, failed=zero, completion=np.where((fmt == "none") | zero, 0, tokens),
+        uniform=u, start_ms=start_ms, end_ms=end_ms, cst_ms=cst_ms, call_id=call_id, extra=extra,
+    )
+
+    truth = _truth(
+        request_id=request_id, kind=kind, call_type=call_type, model_group=model_group, provider=prov,
+        start_ms=start_ms, end_ms=end_ms, cst_ms=cst_ms, t0=t0, traced=traced,
+        instants={"first_chunk": fc, "first_event": fe, "first_output": fo, "first_visible": fv},
+        evidence=is_k["non_streaming"] & ((old & anthropic_messages) | np.isin(provider, ["bedrock", "vertex_ai"])),
+    )
+    counts = {name: int(is_k[name].sum()) for name in KINDS}
+    return Chunk(spend_text, "".join(trace_lines), n_traces, counts, truth, time.thread_time() - cpu_started)
+
+
+def _spend_text(
+    ctx: Context, rng: np.random.Generator, *, paths: I64, request_id: list[str], call_type: list[str],
+    model: list[str], model_group: list[str], provider: list[str], streaming: B, failed: B, completion: F64,
+    uniform: F64, start_ms: F64, end_ms: F64, cst_ms: F64, call_id: list[str], extra: tuple[str, ...],
+) -> str:
+    """SpendLogs COPY text: the columns of `synth.SPEND_COLUMNS`, then `extra` (newer schemas)."""
+    m = len(request_id)
     key = rng.integers(0, _KEYS, size=m)
     prompt = np.clip(np.floor(_lognormal(rng, 1800.0, 1.0, m)), 10, 200_000).astype(np.int64)
-    cached = np.where(u[:, 8] < 0.4, np.floor(prompt * 0.6), 0).astype(np.int64)
-    completion = np.where(fmt == "none", 0, np.where(zero, 0, tokens)).astype(np.int64)
+    cached = np.where(uniform[:, 8] < 0.4, np.floor(prompt * 0.6), 0).astype(np.int64)
+    completion = completion.astype(np.int64)
     cost_in = prompt * _num(paths, "price_in")
     cost_out = completion * _num(paths, "price_out")
-    status = np.where(zero, "failure", "success")
+    status = np.where(failed, "failure", "success")
     session = rng.integers(0, _SESSIONS, size=m)
-    has_session = u[:, 9] < 0.3
+    has_session = uniform[:, 9] < 0.3
     api_base = np.where(streaming, _attr(paths, "api_base"), _attr(paths, "api_base_sync")).tolist()
     blob_len = max(0, ctx.metadata_bytes - len(METADATA_TEMPLATE % METADATA_PROBE))
     blob = base64.b64encode(rng.bytes((m * blob_len * 3) // 4 + 3)).decode("ascii") if blob_len else ""
@@ -504,18 +527,17 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
         metadata.append(METADATA_TEMPLATE % (
             _KEY_HASH[k], f"team-{k % 8:02d}-key-{k}", f"team-{k % 8:02d}", f"user-{k:04d}", f"team-{k % 8:02d}",
             blob[i * blob_len:(i + 1) * blob_len], f"10.20.{k % 8}.{k}", prompt_l[i], compl_l[i],
-            prompt_l[i] + compl_l[i], cached_l[i], mdl[i], cached_l[i], status_l[i],
-            (_ERROR_INFO % prov[i]) if status_l[i] == "failure" else "null", 0, over_l[i], cin_l[i], cout_l[i],
+            prompt_l[i] + compl_l[i], cached_l[i], model[i], cached_l[i], status_l[i],
+            (_ERROR_INFO % provider[i]) if status_l[i] == "failure" else "null", 0, over_l[i], cin_l[i], cout_l[i],
             cin_l[i] + cout_l[i],
         ))
     start_s, end_s, cst_s = _ts_ms(start_ms), _ts_ms(end_ms), _ts_ms(cst_ms)
     duration = (end_ms - start_ms).astype(np.int64).tolist()
-    model_group = _attr(paths, "model_group").tolist()
     model_id = [_MODEL_IDS[p] for p in paths.tolist()]
     columns: list[list[str]] = [
-        request_id, cts, [_KEY_HASH[k] for k in key_l], [repr(a + b) for a, b in zip(cin_l, cout_l, strict=True)],
+        request_id, call_type, [_KEY_HASH[k] for k in key_l], [repr(a + b) for a, b in zip(cin_l, cout_l, strict=True)],
         [str(a + b) for a, b in zip(prompt_l, compl_l, strict=True)], list(map(str, prompt_l)),
-        list(map(str, compl_l)), start_s, end_s, cst_s, mdl, model_id, model_group, prov, api_base,
+        list(map(str, compl_l)), start_s, end_s, cst_s, model, model_id, model_group, provider, api_base,
         [f"user-{k:04d}" for k in key_l], metadata, ["None"] * m, ["Cache OFF"] * m, tags,
         [f"team-{k % 8:02d}" for k in key_l], [""] * m, [f"10.20.{k % 8}.{k}" for k in key_l], ["{}"] * m,
         ["{}"] * m, ["{}"] * m,
@@ -525,23 +547,15 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
     if extra:
         written = _ts_ms(end_ms + np.floor(rng.uniform(10_000, 15_000, m)))
         by_name = {"created_at": written, "updated_at": written,
-                   "litellm_call_id": call_id if not old else [NULL] * m}
+                   "litellm_call_id": call_id if ctx.era == "new" else [NULL] * m}
         columns.extend(by_name[name] for name in extra)
-    spend_text = "".join("\t".join(row) + "\n" for row in zip(*columns, strict=True))
+    return "".join("\t".join(row) + "\n" for row in zip(*columns, strict=True))
 
-    truth = _truth(
-        request_id=request_id, kind=kind, call_type=call_type, model_group=model_group, provider=prov,
-        start_ms=start_ms, end_ms=end_ms, cst_ms=cst_ms, t0=t0, traced=traced, old=old,
-        instants={"first_chunk": fc, "first_event": fe, "first_output": fo, "first_visible": fv},
-        evidence=is_k["non_streaming"] & ((old & anthropic_messages) | np.isin(provider, ["bedrock", "vertex_ai"])),
-    )
-    counts = {name: int(is_k[name].sum()) for name in KINDS}
-    return Chunk(spend_text, "".join(trace_lines), n_traces, counts, truth, time.thread_time() - cpu_started)
 
 
 def _truth(
     *, request_id: list[str], kind: I64, call_type: npt.NDArray[np.object_], model_group: list[str],
-    provider: list[str], start_ms: F64, end_ms: F64, cst_ms: F64, t0: F64, traced: B, old: bool,
+    provider: list[str], start_ms: F64, end_ms: F64, cst_ms: F64, t0: F64, traced: B,
     instants: dict[str, F64], evidence: B,
 ) -> pd.DataFrame:
     """Expected outcome and final completionStartTime per row and policy (DESIGN's rules)."""
@@ -578,7 +592,6 @@ def _truth(
     for policy in POLICIES:
         missing = ~has_cst & (result[f"outcome_{policy}"] != "repaired").to_numpy()
         result.loc[missing, f"cst_{policy}"] = pd.NaT
-    del old
     return result
 
 
