@@ -32,6 +32,12 @@ def test_wheel_carries_migrations_and_migrates_from_anywhere(tmp_path: Path, pg_
     assert "ttft_reconcile/migrations/script.py.mako" in names
     assert any(n.startswith("ttft_reconcile/migrations/versions/0001_") for n in names)
     assert not any(n.startswith("migrations/") for n in names), "a stray top-level package would be installed"
+    # every module of the source tree ships (an editable install in the test venv would hide a gap)
+    source = {str(p.relative_to(REPO)) for p in (REPO / "ttft_reconcile").rglob("*.py")}
+    source |= {"ttft_reconcile/migrations/" + str(p.relative_to(REPO / "migrations"))
+               for p in (REPO / "migrations").rglob("*.py")}
+    missing = sorted(source - set(names))
+    assert not missing, f"not in the wheel: {missing}"
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
