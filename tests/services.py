@@ -41,6 +41,14 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
+def with_params(url: str, **params: str) -> str:
+    """Add query parameters to a URL that may already have some (socket URLs carry ?host=)."""
+    parts = urlsplit(url)
+    extra = "&".join(f"{key}={value}" for key, value in params.items())
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -54,7 +54,7 @@ def test_backfill_json_summary_keys_and_exit_0(db_url: str) -> None:
 
 def test_database_url_falls_back_to_litellm_env(db_url: str) -> None:
     seed(db_url, 1)
-    prisma_style = db_url + "?connection_limit=10&pool_timeout=30"
+    prisma_style = services.with_params(db_url, connection_limit="10", pool_timeout="30")
     result = invoke("backfill", *WINDOW, "--dry-run", env={"DATABASE_URL": prisma_style})
     assert result.exit_code == 0, result.output
     assert "repaired" in result.output and "dry run" in result.output
@@ -93,32 +93,14 @@ def test_unreachable_database_exits_1_and_never_shows_the_password() -> None:
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_wrong_password_is_redacted(pg_admin_url: str, db_url: str) -> None:
-    role = f"r{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-password'")
-    try:
-        bad = db_url.replace("postgresql://postgres@", f"postgresql://{role}:WrongPass123@")
-        if bad == db_url:
-            pytest.skip("server URL has no user part to replace")  # socket URLs of the embedded server
-        result = invoke("run", "--database-url", bad)
-        # trust auth accepts any password; then the role lacks rights on our schema: still exit 1
-        assert result.exit_code == 1
-        assert "WrongPass123" not in result.output
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP OWNED BY {role}")
-            conn.execute(f"DROP ROLE {role}")
-
-
 def test_litellm_table_in_another_schema(db_url: str) -> None:
-    result = invoke("run", "--database-url", db_url + "?schema=litellm")
+    result = invoke("run", "--database-url", services.with_params(db_url, schema="litellm"))
     assert result.exit_code == 1
     assert 'not found in schema "litellm"' in result.output and "public" in result.output
     with psycopg.connect(db_url) as conn:
         conn.execute('CREATE SCHEMA litellm; ALTER TABLE "LiteLLM_SpendLogs" SET SCHEMA litellm')
         conn.commit()
-    assert invoke("run", "--database-url", db_url + "?schema=litellm").exit_code == 0
+    assert invoke("run", "--database-url", services.with_params(db_url, schema="litellm")).exit_code == 0
     result = invoke("run", "--database-url", db_url)
     assert result.exit_code == 1 and "?schema=litellm" in result.output
 
@@ -148,7 +130,7 @@ def test_lease_mode_lane_held_exits_75_and_expired_lease_is_taken(db_url: str) -
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("INSERT INTO ttft_reconcile.leases (lane, holder, expires_at)"
                      " VALUES ('run', 'pod-a', now() + interval '5 minutes')")
-        held = invoke("run", "--database-url", db_url + "?pgbouncer=true")
+        held = invoke("run", "--database-url", services.with_params(db_url, pgbouncer="true"))
         assert held.exit_code == 75 and "pod-a" in held.output
         conn.execute("UPDATE ttft_reconcile.leases SET expires_at = now() - interval '1 second'")
         assert invoke("run", "--database-url", db_url, "--lock-mode", "lease").exit_code == 0
