@@ -30,11 +30,16 @@ while [[ $# -gt 0 ]]; do
 done
 
 export LITELLM_LOCAL_MODEL_COST_MAP=True AWS_EC2_METADATA_DISABLED=true
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+if [[ -z "${XDG_RUNTIME_DIR:-}" ]]; then
+    XDG_RUNTIME_DIR=$(mktemp -d)
+    export XDG_RUNTIME_DIR
+    trap 'rm -rf "$XDG_RUNTIME_DIR"' EXIT
+fi
 chmod 700 "$XDG_RUNTIME_DIR"
 
 status=0
 passed_suites=()
+failed_suites=()
 
 pytest_rc() {
     # pytest exits 5 when it collected nothing: that is a failure here.
@@ -49,11 +54,17 @@ if [[ $main -eq 1 ]]; then
         .venv/bin/python -m pip install --quiet --upgrade pip
     fi
     .venv/bin/python -m pip install --quiet -e ".[test,plot]"
+    echo "== lint (ruff) and type-check (mypy)"
+    if .venv/bin/ruff check $(ls -d ttft_reconcile migrations tests bench 2>/dev/null) && .venv/bin/mypy; then
+        passed_suites+=("lint")
+    else
+        failed_suites+=("lint"); status=1
+    fi
     set +e
     .venv/bin/python -m pytest -rfEs -m "not capture" tests "${extra[@]}"
     rc=$?
     set -e
-    if pytest_rc $rc "main suite"; then passed_suites+=("main"); else status=1; fi
+    if pytest_rc $rc "main suite"; then passed_suites+=("main"); else failed_suites+=("main"); status=1; fi
 fi
 
 if [[ $capture -eq 1 ]]; then
@@ -67,9 +78,14 @@ if [[ $capture -eq 1 ]]; then
         TTFT_LITELLM_VERSION=$version "$venv/bin/python" -m pytest -rfEs -m capture tests/capture
         rc=$?
         set -e
-        if pytest_rc $rc "capture suite (litellm $version)"; then passed_suites+=("litellm-$version"); else status=1; fi
+        if pytest_rc $rc "capture suite (litellm $version)"; then
+            passed_suites+=("litellm-$version")
+        else
+            failed_suites+=("litellm-$version"); status=1
+        fi
     done
 fi
 
 echo "suites passed: ${passed_suites[*]:-none}"
+echo "suites failed: ${failed_suites[*]:-none}"
 exit $status
