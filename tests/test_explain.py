@@ -115,3 +115,9 @@ def test_cli_text_and_json(db_url: str) -> None:
     assert payload["verdict"] == "repairable"
     assert payload["ttft_ms_by_policy"]["first_visible"] == pytest.approx(550.0)
     assert payload["joins"][0]["traces"][0]["litellm_call_id"] == "call-9"
+
+
+def test_cli_unknown_request_id_exits_1(db_url: str) -> None:
+    result = CliRunner().invoke(cli, ["explain", "no-such-request", "--database-url", db_url])
+    assert result.exit_code == 1
+    assert "no SpendLogs row with request_id 'no-such-request'" in result.output

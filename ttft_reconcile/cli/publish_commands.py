@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
@@ -23,7 +25,7 @@ from ttft_reconcile.cli.options import (
 from ttft_reconcile.cli.runner import echo_json, execute
 from ttft_reconcile.dashboard import read_settings
 from ttft_reconcile.db import make_engine, transaction
-from ttft_reconcile.errors import UsageError
+from ttft_reconcile.errors import ReconcileError, UsageError
 from ttft_reconcile.policies import DEFAULT_POLICY, POLICIES
 from ttft_reconcile.report import build_report
 from ttft_reconcile.settings import DEFAULT_CALL_TYPES
@@ -67,6 +69,8 @@ def report_command(since: str | None, until: str | None, fmt: str, plot: str | N
     """
 
     def action() -> None:
+        if plot and importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'ttft-reconcile[plot]'")
         start, end = _window(since, until, default_days=7)
         engine = make_engine(parse_url(kwargs["database_url"]))
         try:
@@ -130,6 +134,8 @@ def explain_command(request_id: str, policy: str, tolerance_ms: float | None, ca
             echo_json(result.to_json())
         else:
             click.echo(explain_format.as_text(result), nl=False)
+        if result.verdict == "not_found":
+            raise ReconcileError(f"no SpendLogs row with request_id {request_id!r}")
 
     execute(kwargs, action)
 
@@ -222,6 +228,9 @@ def ensure_partitions_command(days_ahead: int, **kwargs: Any) -> None:
     """Create the day partitions of stream_traces from yesterday to --days-ahead (UTC days).
 
     The job does this on every run; use it when the capture runs without the job for a while.
+
+    \b
+    ttft-reconcile ensure-partitions --days-ahead 14
     """
 
     def action() -> None:
