@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
