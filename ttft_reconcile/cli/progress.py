@@ -19,12 +19,18 @@ class ProgressPrinter:
         self.last = 0.0
         self.started = time.monotonic()
         self.drawn = False
+        self.pending: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self.last < self.interval_s:
+            self.pending = progress
             return
         self.last = now
+        self.pending = None
+        self._show(progress, now)
+
+    def _show(self, progress: Progress, now: float) -> None:
         line = self.describe(progress, now - self.started)
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
@@ -34,6 +40,10 @@ class ProgressPrinter:
         self.stream.flush()
 
     def close(self) -> None:
+        """Show the last state (if it was throttled away), then end the bar's line."""
+        if self.pending is not None and (self.drawn or not self.tty):
+            self._show(self.pending, time.monotonic())
+            self.pending = None
         if self.tty and self.drawn:
             self.stream.write("\n")
             self.stream.flush()
