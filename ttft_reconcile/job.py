@@ -597,6 +597,9 @@ def _pool_worker(settings: JobSettings, since: datetime, until: datetime, restar
 def _pool_entry(reports: Any, index: int, settings: JobSettings, since: datetime, until: datetime,
                 restart: bool) -> None:
     """Child process entry: report a summary or (exit code, one-line message) to the parent."""
+    # Signals reach a worker only through the parent (below), once per signal the parent got: a
+    # terminal's Ctrl-C, sent to the whole process group, would otherwise count twice.
+    os.setsid()
     try:
         reports.put((index, "ok", _pool_worker(settings, since, until, restart)))
     except ReconcileError as error:
@@ -611,6 +614,14 @@ def _pool_error(code: int, message: str) -> ReconcileError:
     kind: type[ReconcileError] = {EXIT_INTERRUPTED: Interrupted, EXIT_LANE_HELD: LaneHeld, 2: UsageError}.get(
         code, ReconcileError)
     return kind(message)
+
+
+def _signal_workers(procs: list[Any], reason: str | None) -> None:
+    """Pass a stop on to the live workers with the signal the parent received."""
+    signum = signal.Signals[reason] if reason in ("SIGINT", "SIGTERM") else signal.SIGTERM
+    for proc in procs:
+        if proc.pid is not None and proc.is_alive():
+            os.kill(proc.pid, signum)
 
 
 def _backfill_pool(
@@ -632,19 +643,23 @@ def _backfill_pool(
         proc.start()
     forwarded = False
     got: dict[int, tuple[str, object]] = {}  # worker index -> ("ok", summary) | (exit code, message)
-    while True:
-        while not reports.empty():  # drain as we go: a full pipe would block a reporting child
-            index, status, payload = reports.get()
-            got[index] = (status, payload)
-        alive = [proc for proc in procs if proc.is_alive()]
-        if not alive:
-            break
-        if stop.requested and not forwarded:
-            for proc in alive:
-                if proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGTERM)
-            forwarded = True
-        multiprocessing.connection.wait([proc.sentinel for proc in alive], timeout=0.2)
+    try:
+        while True:
+            while not reports.empty():  # drain as we go: a full pipe would block a reporting child
+                index, status, payload = reports.get()
+                got[index] = (status, payload)
+            alive = [proc for proc in procs if proc.is_alive()]
+            if not alive:
+                break
+            if stop.requested and not forwarded:
+                _signal_workers(procs, stop.reason)  # first stop: finish the current batch
+                forwarded = True
+            multiprocessing.connection.wait([proc.sentinel for proc in alive], timeout=0.2)
+    except KeyboardInterrupt:
+        _signal_workers(procs, "SIGINT")  # second stop: the workers roll their batch back
+        for proc in procs:
+            proc.join(timeout=60)
+        raise
     while not reports.empty():
         index, status, payload = reports.get()
         got[index] = (status, payload)
