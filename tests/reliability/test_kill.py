@@ -323,3 +323,20 @@ def test_row_lock_held_past_lock_timeout_fails_that_batch_only(
     holder.close()
     assert run(*_backfill(url)).returncode == 0
     _assert_same_as_reference(url, reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_terminal_stops_a_pool_after_committing(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]],
+) -> None:
+    """A terminal's Ctrl-C reaches the whole process group once: it is one stop, not two."""
+    _, clone = seeded(400, 17)
+    url = clone()
+    proc = spawn(*_backfill(url, "--workers", "2", "--json"))
+    with observer(url) as conn:
+        assert wait_for(lambda: count(conn, AUDIT) >= 30, timeout=60, proc=proc)
+        os.killpg(proc.pid, signal.SIGINT)  # spawn() gave the command its own process group
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "after committing batch" in err and "rolled back" not in err, err
+        assert audit_agrees(conn) == []
