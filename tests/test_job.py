@@ -274,3 +274,41 @@ def test_incremental_run_checkpoint_lookback_and_settle(db_url: str) -> None:
     assert second.since == first.until - timedelta(hours=1)
     assert second.outcomes["repaired"] == 2  # the young row and the late one
     assert second.checkpoint == now + timedelta(minutes=3)
+
+
+def test_run_never_undoes_a_rollback_but_a_backfill_reapplies(db_url: str) -> None:
+    now = datetime(2026, 3, 10, 13, 0, tzinfo=timezone.utc)
+    with connect(db_url) as conn:
+        row = broken_stream(datetime(2026, 3, 10, 12, 30))
+        insert_spend(conn, [row])
+        insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    settings = settings_for(db_url)
+    first = job.run_incremental(settings, now=now)
+    assert first.outcomes["repaired"] == 1
+    job.rollback(settings, run_id=first.run_id)
+    again = job.run_incremental(settings, now=now + timedelta(minutes=5))
+    assert again.outcomes["repaired"] == 0 and again.outcomes["changed"] == 1
+    with connect(db_url) as conn:
+        assert cst_of(conn, row.request_id) == row.cst
+    redo = job.backfill(settings, SINCE, UNTIL)
+    assert redo.outcomes["repaired"] == 1
+    with connect(db_url) as conn:
+        assert cst_of(conn, row.request_id) == row.start + ms(100)
+
+
+def test_finished_backfill_says_so_and_abandoned_runs_are_closed(db_url: str) -> None:
+    with connect(db_url) as conn:
+        seed_every_outcome(conn, new_era=False)
+    settings = settings_for(db_url)
+    job.backfill(settings, SINCE, UNTIL)
+    with connect(db_url) as conn:
+        conn.execute("INSERT INTO ttft_reconcile.runs (mode, status, started_at, heartbeat_at)"
+                     " VALUES ('run', 'running', now() - interval '3 hours', now() - interval '2 hours')")
+        conn.commit()
+    second = job.backfill(settings, SINCE, UNTIL)
+    assert second.candidates == 0
+    assert "finished at" in second.message and "--restart" in second.message
+    with connect(db_url) as conn:
+        statuses = conn.execute("SELECT status, error FROM ttft_reconcile.runs ORDER BY id").fetchall()
+    assert [s for s, _ in statuses] == ["succeeded", "failed", "succeeded"]
+    assert statuses[1][1].startswith("abandoned: no heartbeat since")

@@ -152,12 +152,14 @@ def classify_batch(
     *,
     policy: str,
     already_ours: Iterable[tuple[str, datetime]] = (),
+    rolled_back: Iterable[tuple[str, datetime]] = (),
 ) -> BatchDecisions:
     """Decide every candidate. Exactly one outcome each; `changed` is decided later, by the write."""
     column = POLICY_COLUMNS[policy]
     chosen = choose_streams(traces).set_index("litellm_call_id", drop=False) if not traces.empty else None
     matches = _match_call_ids(candidates, traces) if len(candidates) else pd.DataFrame()
     ours = set(already_ours)
+    reverted = set(rolled_back)
     decisions: list[Decision] = []
     for position, row in enumerate(candidates.itertuples(index=False)):
         request_id = str(row.request_id)
@@ -191,6 +193,10 @@ def classify_batch(
         new = round_to_millisecond(instant)
         if new < start or new > end:
             decide(oc.OUT_OF_BOUNDS, f"{policy} instant {new.isoformat()} outside [startTime, endTime]",
+                   evidence=evidence)
+            continue
+        if (request_id, start) in reverted and (request_id, start) not in ours:
+            decide(oc.CHANGED, "its correction was rolled back; `run` leaves it alone (a backfill re-applies it)",
                    evidence=evidence)
             continue
         if (old is not None and abs(new - old) <= CONFIRM_WITHIN) or (request_id, start) in ours:

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 RUN_LANE = "run"
 ROLLBACK_LANE = "rollback"
 TRACE_JOIN_SLACK = timedelta(days=1)
+# A run row still `running` with no heartbeat for this long belongs to a killed process.
+ABANDONED_AFTER = timedelta(hours=1)
 HELD_SLICE_POLL = timedelta(seconds=1)
 
 
@@ -95,6 +97,7 @@ class _Context:
     stop: StopFlag
     progress: ProgressCallback | None
     lock: LaneLock | None = None
+    mode: str = "backfill"
 
 
 def _now() -> datetime:
@@ -132,6 +135,9 @@ def _housekeeping(engine: Engine, settings: JobSettings) -> None:
     try:
         with transaction(engine, settings.limits) as conn:
             queries.ensure_trace_partitions(conn, today - timedelta(days=1), today + timedelta(days=7))
+            closed = queries.close_abandoned_runs(conn, ABANDONED_AFTER)
+            if closed:
+                log.info("marked %d run(s) with no heartbeat for %s as failed (abandoned)", closed, ABANDONED_AFTER)
             _sync_dashboard_settings(conn, settings)
     except sa_exc.OperationalError as error:
         # Not fatal: traces still land in the default partition.
@@ -263,8 +269,12 @@ def _reconcile_range(
                 (str(r), s.to_pydatetime())
                 for r, s in zip(candidates["request_id"], candidates["start_time"], strict=True)
             ]
-            ours = queries.applied_corrections(conn, keys) if not traces.empty else set()
-            batch = classify_batch(candidates, traces, policy=settings.policy, already_ours=ours)
+            state = queries.correction_state(conn, keys) if not traces.empty else queries.CorrectionState(
+                frozenset(), frozenset())
+            # The cron `run` never undoes a rollback; an explicit backfill may re-apply.
+            hold = state.rolled_back if ctx.mode == "run" else frozenset()
+            batch = classify_batch(candidates, traces, policy=settings.policy, already_ours=state.applied,
+                                   rolled_back=hold)
             counts = batch.counts()
             if not settings.dry_run:
                 repairs = batch.repairs
@@ -282,7 +292,7 @@ def _reconcile_range(
         if ctx.progress is not None:
             ctx.progress(
                 Progress(
-                    mode="backfill" if slices[1] else "run",
+                    mode=ctx.mode,
                     batches=tally.batches,
                     scanned=tally.candidates,
                     outcomes=dict(tally.outcomes),
@@ -398,7 +408,7 @@ def run_incremental(
             since = min(since, until)
             run_id = _new_run(engine, settings, shape, mode="run", since=to_aware_utc(since),
                               until=to_aware_utc(until))
-            ctx = _Context(engine, settings, shape, run_id, stop, progress, lock)
+            ctx = _Context(engine, settings, shape, run_id, stop, progress, lock, mode="run")
 
             def body() -> RunSummary:
                 started = _now()
@@ -508,8 +518,15 @@ def _backfill_worker(
             )
             if restart:
                 queries.restart_backfill(conn, backfill_id)
+            finished_before = queries.backfill_finished_at(conn, backfill_id)
         run_id = _new_run(engine, settings, shape, mode="backfill", since=since, until=until,
                           backfill_id=backfill_id)
+        note = (
+            f"backfill {backfill_id} of this window and policy finished at {finished_before.isoformat()};"
+            " nothing to do (--restart redoes it)"
+            if finished_before is not None
+            else ""
+        )
         ctx = _Context(engine, settings, shape, run_id, stop, progress)
 
         def body() -> RunSummary:
@@ -523,6 +540,7 @@ def _backfill_worker(
                         lease=settings.slice_lease,
                     )
                     done, total_now = queries.backfill_progress(conn, backfill_id)
+                    queries.heartbeat_run(conn, run_id)
                 if piece is None and done >= total_now:
                     break
                 if piece is None:
@@ -564,7 +582,7 @@ def _backfill_worker(
                 queries.finish_backfill_if_done(conn, backfill_id)
             _refresh_days(engine, settings, tally.days)
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
-                            status="succeeded")
+                            status="succeeded", message=note)
 
         return _guarded(engine, settings, run_id, body)
     finally:
@@ -755,7 +773,9 @@ def rollback(
                 _refresh_days(engine, settings, tally.days)
                 return _summary(this_run, "rollback", settings, tally, since=since, until=until,
                                 started=started, status="succeeded", policy="rollback",
-                                message=f"rolled back run {run_id}" if run_id else "rolled back window")
+                                message=("would roll back" if settings.dry_run else "rolled back")
+                                + (f" run {run_id}" if run_id else " the window")
+                                + (" (dry run: nothing changed)" if settings.dry_run else ""))
 
             return _guarded(engine, settings, this_run, body)
     finally:

@@ -122,19 +122,30 @@ def load_traces(
     return pd.DataFrame([tuple(r) for r in rows], columns=list(TRACE_COLUMNS))
 
 
-def applied_corrections(conn: Connection, keys: Sequence[tuple[str, datetime]]) -> set[tuple[str, datetime]]:
-    """Which of these (request_id, start_time) rows already carry an applied correction of ours."""
+@dataclass(frozen=True)
+class CorrectionState:
+    """Rows (request_id, start_time) with a live correction, and rows whose corrections were all rolled back."""
+
+    applied: frozenset[tuple[str, datetime]]
+    rolled_back: frozenset[tuple[str, datetime]]
+
+
+def correction_state(conn: Connection, keys: Sequence[tuple[str, datetime]]) -> CorrectionState:
+    """Which of these rows already carry a correction of ours, and which had theirs rolled back."""
     if not keys:
-        return set()
+        return CorrectionState(frozenset(), frozenset())
     rows = conn.execute(
         text(
-            f"SELECT c.request_id, c.start_time FROM {S}.corrections c"
+            f"SELECT c.request_id, c.start_time, bool_or(c.status = 'applied') FROM {S}.corrections c"
             " JOIN unnest(CAST(:ids AS text[]), CAST(:starts AS timestamp(3)[])) AS k(request_id, start_time)"
-            " ON c.request_id = k.request_id AND c.start_time = k.start_time WHERE c.status = 'applied'"
+            " ON c.request_id = k.request_id AND c.start_time = k.start_time GROUP BY 1, 2"
         ),
         {"ids": [k[0] for k in keys], "starts": [k[1] for k in keys]},
     ).all()
-    return {(r[0], r[1]) for r in rows}
+    return CorrectionState(
+        applied=frozenset((r[0], r[1]) for r in rows if r[2]),
+        rolled_back=frozenset((r[0], r[1]) for r in rows if not r[2]),
+    )
 
 
 @dataclass(frozen=True)
@@ -626,3 +637,25 @@ def release_slice(conn: Connection, piece: Slice, worker: str) -> None:
         ),
         {"b": piece.backfill_id, "s": piece.slice_no, "worker": worker},
     )
+
+
+def backfill_finished_at(conn: Connection, backfill_id: int) -> datetime | None:
+    value = conn.execute(text(f"SELECT finished_at FROM {S}.backfills WHERE id = :id"), {"id": backfill_id}).scalar()
+    return value if isinstance(value, datetime) else None
+
+
+def close_abandoned_runs(conn: Connection, silent_for: timedelta) -> int:
+    """Mark runs that stopped heartbeating (SIGKILL, lost connection) as failed; returns how many."""
+    result = conn.execute(
+        text(
+            f"UPDATE {S}.runs SET status = 'failed', finished_at = now(),"
+            " error = 'abandoned: no heartbeat since ' || coalesce(heartbeat_at, started_at)::text"
+            " WHERE status = 'running' AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => :s)"
+        ),
+        {"s": silent_for.total_seconds()},
+    )
+    return result.rowcount or 0
+
+
+def heartbeat_run(conn: Connection, run_id: int) -> None:
+    conn.execute(text(f"UPDATE {S}.runs SET heartbeat_at = now() WHERE id = :id"), {"id": run_id})
