@@ -7,6 +7,7 @@
 #   bash tests/run.sh --main-only     # skip the LiteLLM releases
 #   bash tests/run.sh --capture-only  # only the LiteLLM releases
 #   bash tests/run.sh -- -k rollback  # extra pytest arguments (main suite)
+#   TTFT_MAIN_MARKERS="not capture and not slow" bash tests/run.sh --main-only   # the quick subset
 #
 # Services: TEST_DATABASE_URL / TEST_PUSHGATEWAY when set; otherwise the fixtures start an
 # embedded Postgres (and a Pushgateway when Debian's prometheus-pushgateway is installed).
@@ -61,7 +62,7 @@ if [[ $main -eq 1 ]]; then
         failed_suites+=("lint"); status=1
     fi
     set +e
-    .venv/bin/python -m pytest -rfEs -m "not capture" tests "${extra[@]}"
+    .venv/bin/python -m pytest -rfEs -m "${TTFT_MAIN_MARKERS:-not capture}" tests "${extra[@]}"
     rc=$?
     set -e
     if pytest_rc $rc "main suite"; then passed_suites+=("main"); else failed_suites+=("main"); status=1; fi
