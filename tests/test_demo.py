@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,11 @@ from ttft_reconcile.cli import cli
 from ttft_reconcile.outcomes import OUTCOMES
 
 
-def _demo_dirs() -> set[Path]:
-    return set(demo.demo_parent().glob(demo.DIR_PREFIX + "*"))
+def _dir_from(stderr: str) -> Path:
+    """The data directory a demo announced on stderr ("starting an embedded Postgres in DIR")."""
+    match = re.search(r"starting an embedded Postgres in (\S+)", stderr)
+    assert match, stderr
+    return Path(match.group(1).rstrip(" ."))
 
 
 def _servers_in(path: Path) -> list[psutil.Process]:
@@ -46,7 +50,6 @@ def _console_script() -> str:
 
 
 def test_demo_json_reports_outcomes_that_add_up_and_match_the_truth() -> None:
-    before = _demo_dirs()
     result = CliRunner().invoke(cli, ["demo", "--rows", "2000", "--json", "--seed", "3"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -62,11 +65,12 @@ def test_demo_json_reports_outcomes_that_add_up_and_match_the_truth() -> None:
     sonnet = groups["claude-sonnet-4-5"]
     assert sonnet["after_p50"] < sonnet["before_p50"]  # the fallback made TTFT equal the whole stream
     assert report["examples"] and all(e["new"] < e["old"] for e in report["examples"] if e["old"])
-    assert _demo_dirs() == before  # the data directory is gone
+    data_dir = Path(report["data_dir"])
+    assert data_dir.name.startswith(demo.DIR_PREFIX)
+    assert not data_dir.exists() and not _servers_in(data_dir)  # stopped and deleted
 
 
 def test_demo_text_through_the_console_script_new_era() -> None:
-    before = _demo_dirs()
     done = subprocess.run(
         [_console_script(), "demo", "--rows", "2000", "--era", "new", "--policy", "first_visible"],
         capture_output=True, text=True, timeout=300, check=False,
@@ -78,7 +82,9 @@ def test_demo_text_through_the_console_script_new_era() -> None:
     assert "matches the generator's ground truth: yes, row by row" in out
     assert "claude-sonnet-4-5" in out and "msg_" in out  # provider ids in the examples
     assert "demo: stopping the embedded Postgres" in done.stderr
-    assert _demo_dirs() == before
+    data_dir = _dir_from(done.stderr)
+    assert data_dir.name.startswith(demo.DIR_PREFIX) and data_dir.parent == demo.demo_parent()
+    assert not data_dir.exists() and not _servers_in(data_dir)
 
 
 def test_keep_leaves_a_working_server_and_stop_removes_it() -> None:
@@ -112,20 +118,19 @@ def test_stop_refuses_a_directory_the_demo_did_not_make(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_the_server_and_deletes_its_data() -> None:
-    before = _demo_dirs()
     proc = subprocess.Popen(
         [_console_script(), "demo", "--rows", "400000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stderr is not None
+        seen = ""
         for line in proc.stderr:  # wait for the server to be up and busy
+            seen += line
             if "writing" in line:
                 break
-        new_dirs = _demo_dirs() - before
-        assert len(new_dirs) == 1
-        (data_dir,) = new_dirs
-        assert _servers_in(data_dir)
+        data_dir = _dir_from(seen)
+        assert data_dir.exists() and _servers_in(data_dir)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

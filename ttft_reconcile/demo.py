@@ -115,7 +115,7 @@ class DemoReport:
         return {
             "url": self.url if self.kept else None,
             "kept": self.kept,
-            "data_dir": self.data_dir if self.kept else None,
+            "data_dir": self.data_dir,  # deleted afterwards unless kept
             "era": self.era,
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
@@ -262,7 +262,7 @@ def run_demo(options: DemoOptions, *, phase: Phase | None = None, now: datetime 
     with _signals_interrupt():
         try:
             started = time.monotonic()
-            say("starting an embedded Postgres")
+            say(f"starting an embedded Postgres in {root}")
             server = EmbeddedServer(root, keep=options.keep)
             with psycopg.connect(server.admin_url, autocommit=True) as admin:
                 admin.execute(f'CREATE DATABASE "{DATABASE}"')
