@@ -7,7 +7,7 @@ converted to naive UTC here. New values are rounded as Postgres rounds into time
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -84,27 +84,38 @@ def choose_streams(traces: pd.DataFrame) -> pd.DataFrame:
     return chosen.join(counts, on="litellm_call_id")
 
 
-def _match_call_ids(candidates: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
-    """Per candidate: the call id each join strategy points at (NaN when none; '*' when several).
+def _match_call_ids(candidates: pd.DataFrame, traces: pd.DataFrame) -> list[dict[str, str]]:
+    """Per candidate: join strategy → the call id it points at ('*' when it points at several).
 
     An empty id is no evidence: it never joins (it would pair unrelated rows and streams).
+    Plain Python over column lists: per-row pandas lookups cost more than the whole batch's SQL.
     """
-    call_ids = set(traces["litellm_call_id"]) - {""} if not traces.empty else set()
-    by_request = candidates["request_id"].where(candidates["request_id"].isin(call_ids))
-    column = candidates["litellm_call_id"]
-    by_column = column.where(column.notna() & column.isin(call_ids))
-    if traces.empty:
-        by_response = pd.Series([None] * len(candidates), index=candidates.index, dtype="object")
-    else:
-        with_response = traces.dropna(subset=["response_id"])
-        with_response = with_response[with_response["response_id"] != ""]
-        groups = with_response.groupby("response_id")["litellm_call_id"].agg(lambda s: sorted(set(s)))
-        mapping = {rid: (ids[0] if len(ids) == 1 else "*") for rid, ids in groups.items()}
-        by_response = candidates["request_id"].map(mapping)
-    return pd.DataFrame(
-        {JOIN_REQUEST_ID: by_request, JOIN_CALL_ID_COLUMN: by_column, JOIN_RESPONSE_ID: by_response},
-        index=candidates.index,
-    )
+    call_ids: set[str] = set(traces["litellm_call_id"].tolist()) - {""} if not traces.empty else set()
+    by_response: dict[str, set[str]] = {}
+    if not traces.empty:
+        for response_id, call_id in zip(traces["response_id"].tolist(), traces["litellm_call_id"].tolist(),
+                                        strict=True):
+            if isinstance(response_id, str) and response_id:
+                by_response.setdefault(response_id, set()).add(call_id)
+    matches: list[dict[str, str]] = []
+    for request_id, column in zip(candidates["request_id"].tolist(), candidates["litellm_call_id"].tolist(),
+                                  strict=True):
+        found: dict[str, str] = {}
+        if request_id in call_ids:
+            found[JOIN_REQUEST_ID] = request_id
+        if isinstance(column, str) and column in call_ids:
+            found[JOIN_CALL_ID_COLUMN] = column
+        responders = by_response.get(request_id)
+        if responders:
+            found[JOIN_RESPONSE_ID] = next(iter(responders)) if len(responders) == 1 else "*"
+        matches.append(found)
+    return matches
+
+
+def _records_by_call(chosen: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    columns = list(chosen.columns)
+    position = columns.index("litellm_call_id")
+    return {row[position]: dict(zip(columns, row, strict=True)) for row in chosen.itertuples(index=False, name=None)}
 
 
 def _ms(delta: timedelta) -> float:
@@ -124,7 +135,7 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _evidence(trace: pd.Series, join: list[str]) -> dict[str, Any]:
+def _evidence(trace: Mapping[str, Any], join: list[str]) -> dict[str, Any]:
     instants = {policy: _naive(trace[column]) for policy, column in POLICY_COLUMNS.items()}
     request_start = _naive(trace["request_start_at"])
     api_start = _naive(trace["api_call_start_at"])
@@ -156,8 +167,8 @@ def classify_batch(
 ) -> BatchDecisions:
     """Decide every candidate. Exactly one outcome each; `changed` is decided later, by the write."""
     column = POLICY_COLUMNS[policy]
-    chosen = choose_streams(traces).set_index("litellm_call_id", drop=False) if not traces.empty else None
-    matches = _match_call_ids(candidates, traces) if len(candidates) else pd.DataFrame()
+    chosen = _records_by_call(choose_streams(traces)) if not traces.empty else None
+    matches = _match_call_ids(candidates, traces) if len(candidates) else []
     ours = set(already_ours)
     reverted = set(rolled_back)
     decisions: list[Decision] = []
@@ -171,7 +182,7 @@ def classify_batch(
         def decide(outcome: str, reason: str, **kw: Any) -> None:
             decisions.append(Decision(request_id, start, outcome, reason, **kw))  # noqa: B023
 
-        found = {str(name): value for name, value in matches.iloc[position].items() if isinstance(value, str)}
+        found = matches[position]
         targets = set(found.values())
         if "*" in targets or len(targets) > 1:
             decide(oc.AMBIGUOUS, "join strategies disagree: " + ", ".join(f"{k} -> {v}" for k, v in found.items()))
@@ -184,7 +195,7 @@ def classify_batch(
                 decide(oc.NO_TRACE, "no stream trace matches this row")
             continue
         assert chosen is not None
-        trace = chosen.loc[targets.pop()]
+        trace = chosen[targets.pop()]
         evidence = _evidence(trace, sorted(found))
         instant = _naive(trace[column])
         if instant is None:

@@ -175,14 +175,14 @@ def apply_repairs(
     if not repairs:
         return set()
     touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
+    # One jsonb document per batch (parsed once by the server) rather than ten parallel arrays
+    # whose jsonb[] element would be parsed from an array literal: a third of the write's time.
     sql = (
-        "WITH input AS ("
-        " SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:starts AS timestamp(3)[]),"
-        " CAST(:olds AS timestamp(3)[]), CAST(:news AS timestamp(3)[]), CAST(:ttfts AS float8[]),"
-        " CAST(:call_ids AS text[]), CAST(:seqs AS integer[]), CAST(:call_types AS text[]),"
-        " CAST(:groups AS text[]), CAST(:evidence AS jsonb[]))"
-        " AS u(request_id, start_time, old_cst, new_cst, ttft_ms, litellm_call_id, stream_seq,"
-        " call_type, model_group, evidence)"
+        "WITH input AS MATERIALIZED ("
+        " SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb))"
+        " AS u(request_id text, start_time timestamp(3), old_cst timestamp(3), new_cst timestamp(3),"
+        " ttft_ms float8, litellm_call_id text, stream_seq integer, call_type text, model_group text,"
+        " evidence jsonb)"
         "), updated AS ("
         f' UPDATE {shape.qualified} AS s SET "completionStartTime" = input.new_cst{touch}'
         ' FROM input WHERE s.request_id = input.request_id AND s."startTime" = input.start_time'
@@ -196,22 +196,23 @@ def apply_repairs(
         " FROM updated JOIN input i ON i.request_id = updated.request_id AND i.start_time = updated.start_time"
         " RETURNING request_id, start_time"
     )
-    rows = conn.execute(
-        text(sql),
+    payload = [
         {
-            "ids": [r.request_id for r in repairs],
-            "starts": [r.start_time for r in repairs],
-            "olds": [r.old for r in repairs],
-            "news": [r.new for r in repairs],
-            "ttfts": [r.ttft_ms for r in repairs],
-            "call_ids": [r.litellm_call_id for r in repairs],
-            "seqs": [r.stream_seq for r in repairs],
-            "call_types": [r.call_type for r in repairs],
-            "groups": [r.model_group for r in repairs],
-            "evidence": [json.dumps(r.evidence, default=str) for r in repairs],
-            "run_id": run_id,
-            "policy": policy,
-        },
+            "request_id": r.request_id,
+            "start_time": r.start_time.isoformat(),
+            "old_cst": r.old.isoformat() if r.old is not None else None,
+            "new_cst": r.new.isoformat(),
+            "ttft_ms": r.ttft_ms,
+            "litellm_call_id": r.litellm_call_id,
+            "stream_seq": r.stream_seq,
+            "call_type": r.call_type,
+            "model_group": r.model_group,
+            "evidence": r.evidence,
+        }
+        for r in repairs
+    ]
+    rows = conn.execute(
+        text(sql), {"payload": json.dumps(payload, default=str), "run_id": run_id, "policy": policy}
     ).all()
     return {(r[0], r[1]) for r in rows}
 
