@@ -312,3 +312,31 @@ def test_finished_backfill_says_so_and_abandoned_runs_are_closed(db_url: str) ->
         statuses = conn.execute("SELECT status, error FROM ttft_reconcile.runs ORDER BY id").fetchall()
     assert [s for s, _ in statuses] == ["succeeded", "failed", "succeeded"]
     assert statuses[1][1].startswith("abandoned: no heartbeat since")
+
+
+def test_rollback_refuses_while_the_run_is_still_writing(db_url: str) -> None:
+    from ttft_reconcile.errors import LaneHeld
+
+    with connect(db_url) as conn:
+        conn.execute("INSERT INTO ttft_reconcile.runs (mode, status, window_since, window_until, heartbeat_at)"
+                     " VALUES ('backfill', 'running', '2026-03-10', '2026-03-11', now())")
+        conn.commit()
+        live = conn.execute("SELECT max(id) FROM ttft_reconcile.runs").fetchone()
+    assert live is not None
+    with pytest.raises(LaneHeld, match="still writing"):
+        job.rollback(settings_for(db_url), run_id=live[0])
+    with pytest.raises(LaneHeld, match="still writing"):
+        job.rollback(settings_for(db_url), since=SINCE, until=UNTIL)
+    # a window elsewhere is fine
+    done = job.rollback(settings_for(db_url), since=datetime(2026, 4, 1, tzinfo=timezone.utc),
+                        until=datetime(2026, 4, 2, tzinfo=timezone.utc))
+    assert done.candidates == 0
+
+
+def test_ad_hoc_backfill_options_do_not_change_the_dashboard_settings(db_url: str) -> None:
+    settings = settings_for(db_url, call_types=("acompletion",), tolerance_ms=1000)
+    job.backfill(settings, SINCE, UNTIL)
+    with connect(db_url) as conn:
+        stored = dict(conn.execute("SELECT key, value FROM ttft_reconcile.settings").fetchall())
+    assert stored["call_types"] == ["anthropic_messages", "aresponses", "pass_through_endpoint"]
+    assert stored["tolerance_ms"] == 5

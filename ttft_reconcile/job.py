@@ -112,7 +112,7 @@ def _schema_description(shape: SpendLogsShape) -> str:
     return ", ".join(parts)
 
 
-def _prepare(engine: Engine, settings: JobSettings) -> SpendLogsShape:
+def _prepare(engine: Engine, settings: JobSettings, *, sync_settings: bool = False) -> SpendLogsShape:
     """Check our schema is migrated and find LiteLLM's table; keep settings and partitions current."""
     with transaction(engine, settings.limits) as conn:
         state = migration_state(conn)
@@ -125,11 +125,11 @@ def _prepare(engine: Engine, settings: JobSettings) -> SpendLogsShape:
             )
         shape = inspect_spend_logs(conn, settings.litellm_schema)
     if not settings.dry_run:
-        _housekeeping(engine, settings)
+        _housekeeping(engine, settings, sync_settings=sync_settings)
     return shape
 
 
-def _housekeeping(engine: Engine, settings: JobSettings) -> None:
+def _housekeeping(engine: Engine, settings: JobSettings, *, sync_settings: bool) -> None:
     """Day partitions for the traces ahead of time, and the settings the SQL dashboard reads."""
     today = _now()
     try:
@@ -138,7 +138,10 @@ def _housekeeping(engine: Engine, settings: JobSettings) -> None:
             closed = queries.close_abandoned_runs(conn, ABANDONED_AFTER)
             if closed:
                 log.info("marked %d run(s) with no heartbeat for %s as failed (abandoned)", closed, ABANDONED_AFTER)
-            _sync_dashboard_settings(conn, settings)
+            if sync_settings:
+                # Only the cron `run` defines what the dashboard counts: an ad-hoc backfill with
+                # other call types or tolerance must not change report, Grafana and explain.
+                _sync_dashboard_settings(conn, settings)
     except sa_exc.OperationalError as error:
         # Not fatal: traces still land in the default partition.
         log.warning("could not prepare trace partitions/settings: %s", describe_db_error(error))
@@ -393,7 +396,7 @@ def run_incremental(
     now = now or _now()
     engine = make_engine(settings.database)
     try:
-        shape = _prepare(engine, settings)
+        shape = _prepare(engine, settings, sync_settings=True)
         mode = resolve_mode(settings.lock_mode, settings.database.pgbouncer)
         with hold_lane(
             engine, RUN_LANE, mode=mode, holder=settings.worker, ttl=settings.lease_ttl, limits=settings.limits
@@ -739,6 +742,14 @@ def rollback(
                 raise UsageError(f"no run with id {run_id}")
             if target["mode"] == "rollback":
                 raise UsageError(f"run {run_id} is itself a rollback; roll back the run it undid by re-running it")
+        with transaction(engine, settings.limits) as conn:
+            busy = queries.live_runs(conn, run_id=run_id, since=since, until=until, silent_for=ABANDONED_AFTER)
+        if busy:
+            # Rolling back under a live run would undo only what it had written so far.
+            raise LaneHeld(
+                f"run {', '.join(map(str, busy))} is still writing corrections here; wait for it to finish"
+                " (or stop it), then roll back"
+            )
         mode = resolve_mode(settings.lock_mode, settings.database.pgbouncer)
         with hold_lane(engine, ROLLBACK_LANE, mode=mode, holder=settings.worker, ttl=settings.lease_ttl,
                        limits=settings.limits) as lock:

@@ -660,3 +660,26 @@ def close_abandoned_runs(conn: Connection, silent_for: timedelta) -> int:
 
 def heartbeat_run(conn: Connection, run_id: int) -> None:
     conn.execute(text(f"UPDATE {S}.runs SET heartbeat_at = now() WHERE id = :id"), {"id": run_id})
+
+
+def live_runs(
+    conn: Connection, *, run_id: int | None, since: datetime | None, until: datetime | None, silent_for: timedelta
+) -> list[int]:
+    """Runs still working (not a rollback, not a dry run, heartbeat recent): `run_id`, or any overlapping."""
+    filters = [
+        "status = 'running'",
+        "mode <> 'rollback'",
+        "NOT dry_run",
+        "coalesce(heartbeat_at, started_at) >= now() - make_interval(secs => :s)",
+    ]
+    params: dict[str, Any] = {"s": silent_for.total_seconds()}
+    if run_id is not None:
+        filters.append("id = :id")
+        params["id"] = run_id
+    else:
+        filters.append(
+            "(window_until IS NULL OR window_until > :since) AND (window_since IS NULL OR window_since < :until)"
+        )
+        params["since"], params["until"] = since, until
+    rows = conn.execute(text(f"SELECT id FROM {S}.runs WHERE {' AND '.join(filters)} ORDER BY id"), params).all()
+    return [int(r[0]) for r in rows]
