@@ -243,3 +243,16 @@ def test_empty_window_is_success(db_url: str) -> None:
     result = invoke("backfill", "--since", "2020-01-01", "--until", "2020-01-02", "--database-url", db_url, "--json")
     assert result.exit_code == 0
     assert json.loads(result.output)["candidates"] == 0
+
+
+def test_lane_excludes_across_lock_modes(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        assert holder.execute("SELECT pg_try_advisory_lock(%s)", (lane_key("run"),)).fetchone() == (True,)
+        held = invoke("run", "--database-url", db_url, "--lock-mode", "lease")
+        assert held.exit_code == 75, held.output
+        holder.execute("SELECT pg_advisory_unlock(%s)", (lane_key("run"),))
+        assert holder.execute("SELECT count(*) FROM ttft_reconcile.leases").fetchone() == (0,)
+        holder.execute("INSERT INTO ttft_reconcile.leases (lane, holder, expires_at)"
+                       " VALUES ('run', 'pod-b', now() + interval '5 minutes')")
+        held = invoke("run", "--database-url", db_url, "--lock-mode", "advisory")
+        assert held.exit_code == 75 and "pod-b" in held.output

@@ -60,6 +60,11 @@ def hold_lane(
             if not queries.try_advisory_lock(conn, key):
                 who = queries.advisory_lock_holder(conn, key)
                 raise LaneHeld(f"lane {lane!r} is held by another process{': ' + who if who else ''}; exiting")
+            # A process in lease mode (behind a pooler) holds the lane through its row instead.
+            leased = queries.lease_holder(conn, lane)
+            if leased is not None and leased[0] != holder:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                raise LaneHeld(f"lane {lane!r} is leased by {leased[0]} until {leased[1].isoformat()}; exiting")
             try:
                 yield LaneLock(lane, mode, holder, ttl)
             finally:
@@ -69,6 +74,12 @@ def hold_lane(
     with transaction(engine, limits) as conn:
         acquired = queries.try_lease(conn, lane, holder, ttl)
         current = None if acquired else queries.lease_holder(conn, lane)
+        # A process in advisory mode (connected directly) holds the lane through its lock, which
+        # pg_locks shows whatever pooler sits in between; then this transaction gives the lease back.
+        locked_by = queries.advisory_lock_holder(conn, lane_key(lane)) if acquired else None
+        if locked_by is not None:
+            conn.rollback()
+            raise LaneHeld(f"lane {lane!r} is held by another process: {locked_by}; exiting")
     if not acquired:
         who = f"{current[0]} until {current[1].isoformat()}" if current else "another process"
         raise LaneHeld(f"lane {lane!r} is leased by {who}; exiting")
