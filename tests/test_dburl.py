@@ -49,3 +49,55 @@ def test_redaction_and_scrubbing() -> None:
     message = 'connection to "postgresql://u:hunter2@h/db" failed: password authentication failed for user "u"'
     assert "hunter2" not in scrub(message, "hunter2")
     assert "hunter2" not in scrub("password=hunter2 host=h")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["postgresql://app:Tr0ub4dor#xyz@127.0.0.1:5432/db", "postgresql://app:Tr0?ub4dor@127.0.0.1:5432/db"],
+)
+def test_unescaped_password_characters_are_a_clear_error_without_the_password(raw: str) -> None:
+    with pytest.raises(DatabaseUrlError, match="percent-encode") as error:
+        parse_database_url(raw)
+    assert "Tr0" not in str(error.value)
+
+
+@pytest.mark.parametrize("raw", ["postgresql://u@h:notaport/db", "postgresql://u@[::1/db"])
+def test_malformed_hosts_and_ports(raw: str) -> None:
+    with pytest.raises(DatabaseUrlError, match="not valid"):
+        parse_database_url(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("postgresql:///litellm?host=/run/postgresql&user=llm", "postgresql:///litellm?host=/run/postgresql&user=llm"),
+        ("postgresql://llm:pw@%2Frun%2Fpostgresql:5433/litellm",
+         "postgresql://llm:pw@/litellm?host=/run/postgresql&port=5433"),
+    ],
+)
+def test_socket_forms_libpq_accepts(raw: str, expected: str) -> None:
+    url = parse_database_url(raw)
+    assert url.libpq == expected
+    assert url.database == "litellm"
+
+
+def test_socket_url_connects(pg_admin_url: str) -> None:
+    """The form psql users type for a local socket reaches the server."""
+    import psycopg
+
+    with psycopg.connect(pg_admin_url) as conn:
+        row = conn.execute("SELECT current_setting('unix_socket_directories'), current_setting('port')").fetchone()
+    assert row is not None
+    directory = row[0].split(",")[0].strip()
+    if not directory:
+        pytest.skip("this server listens on TCP only")
+    from sqlalchemy import text
+
+    from ttft_reconcile.db import make_engine
+
+    engine = make_engine(parse_database_url(f"postgresql:///postgres?host={directory}&port={row[1]}&user=postgres"))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()

@@ -63,7 +63,20 @@ def parse_database_url(raw: str) -> DatabaseUrl:
     text = raw.strip()
     if not text:
         raise DatabaseUrlError("the database URL is empty")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as error:
+        raise DatabaseUrlError(f"the database URL is not valid ({_safe_reason(error)})") from None
+    if parts.fragment or "@" in parts.query or "@" in parts.path:
+        # An unescaped '#', '?' or '/' in the password splits the URL in the wrong place.
+        raise DatabaseUrlError(
+            "the database URL is not valid: percent-encode special characters in the user name and"
+            " password (# as %23, ? as %3F, / as %2F, @ as %40, % as %25)"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        raise DatabaseUrlError(f"the database URL is not valid ({_safe_reason(error)})") from None
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None:
         shown = parts.scheme or text.split(":", 1)[0][:20]
@@ -85,7 +98,17 @@ def parse_database_url(raw: str) -> DatabaseUrl:
             continue
         kept.append((key, value))
     netloc = parts.netloc
-    libpq = urlunsplit((scheme, netloc, parts.path, urlencode(kept, quote_via=quote, safe="/"), ""))
+    userinfo, at, hostport = netloc.rpartition("@")
+    if hostport.lower().startswith("%2f"):
+        # libpq's percent-encoded socket directory as host: SQLAlchemy would resolve it as a name.
+        directory, _, port = unquote(hostport).partition(":") if not hostport.startswith("[") else (hostport, "", "")
+        kept.append(("host", directory))
+        if port:
+            kept.append(("port", port))
+        netloc = f"{userinfo}{at}"
+    query = urlencode(kept, quote_via=quote, safe="/")
+    # Built by hand: urlunsplit drops the empty authority of `postgresql:///db?host=/socket`.
+    libpq = f"{scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
     database = unquote(parts.path.lstrip("/")) or _userinfo_user(netloc) or "postgres"
     for key, value in kept:
         if key.lower() == "dbname" and value:
@@ -100,6 +123,11 @@ def parse_database_url(raw: str) -> DatabaseUrl:
     )
 
 
+def _safe_reason(error: ValueError) -> str:
+    reason = str(error)
+    return "port is not a number" if "int()" in reason or "Port" in reason else reason.split(":")[0]
+
+
 def _userinfo_user(netloc: str) -> str:
     if "@" not in netloc:
         return ""
@@ -109,15 +137,8 @@ def _userinfo_user(netloc: str) -> str:
 
 def redact(url: str) -> str:
     """Replace the password of a URL (userinfo or `password=` parameter) with `***`."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    shown = re.sub(r"^([a-zA-Z][\w+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", shown)
 
 
 def scrub(message: str, *secrets: str) -> str:
