@@ -256,3 +256,25 @@ def test_lane_excludes_across_lock_modes(db_url: str) -> None:
                        " VALUES ('run', 'pod-b', now() + interval '5 minutes')")
         held = invoke("run", "--database-url", db_url, "--lock-mode", "advisory")
         assert held.exit_code == 75 and "pod-b" in held.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["backfill", "--since", "0026-03-01", "--until", "2026-03-02"], "check the year"),
+        (["backfill", "--since", "2016-01-01", "--until", "2030-01-01"], "longer than"),
+        (["backfill", *WINDOW, "--tolerance-ms", "nan"], "finite"),
+        (["run", "--settle", "99999999999d"], "longer than"),
+        (["run", "--lookback", "3000000d"], "longer than"),
+    ],
+)
+def test_absurd_values_are_usage_errors(db_url: str, args: list[str], message: str) -> None:
+    result = invoke(*args, "--database-url", db_url)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_unwritable_export_file_is_one_line(db_url: str) -> None:
+    result = invoke("export", "--since", "2026-03-10", "--database-url", db_url, "--output", "/nonexistent/dir/x.csv")
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "/nonexistent/dir/x.csv" in result.output

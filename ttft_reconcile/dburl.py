@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 # Query parameters Prisma understands and libpq rejects ("invalid URI query parameter").
 PRISMA_ONLY_PARAMETERS = frozenset(

@@ -439,10 +439,18 @@ def run_incremental(
 # --- backfill ---------------------------------------------------------------------------------
 
 
+EARLIEST = datetime(2015, 1, 1, tzinfo=timezone.utc)  # LiteLLM's SpendLogs start in 2023
+LONGEST_WINDOW = timedelta(days=3660)
+
+
 def _check_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     since, until = to_aware_utc(since), to_aware_utc(until)
     if since >= until:
         raise UsageError(f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})")
+    if since < EARLIEST:
+        raise UsageError(f"--since {since.date()} is before {EARLIEST.year}: check the year")
+    if until - since > LONGEST_WINDOW:
+        raise UsageError(f"the window is longer than {LONGEST_WINDOW.days} days: check the dates, or split it")
     return since, until
 
 

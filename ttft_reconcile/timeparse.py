@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from ttft_reconcile.errors import UsageError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+MAX_DURATION = timedelta(days=3660)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
@@ -15,11 +16,14 @@ def parse_duration(text: str) -> timedelta:
     """`90s`, `15m`, `2h`, `30d`, `1w`, `250ms` → timedelta. A bare number is seconds."""
     raw = text.strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return timedelta(seconds=float(raw))
+        raw = raw + "s"
     match = _DURATION.match(raw)
     if match is None:
         raise UsageError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 30d)")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise UsageError(f"duration {text!r} is longer than {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
 
 
 def parse_instant(text: str) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -133,6 +134,10 @@ def session_limits(kwargs: dict[str, Any]) -> SessionLimits:
 
 def job_settings(kwargs: dict[str, Any], *, progress: bool = False) -> JobSettings:
     """Build JobSettings from the parsed options of a command."""
+    for name in ("tolerance_ms", "max_rows_per_second"):
+        value = kwargs.get(name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
     return JobSettings(
         database=parse_url(kwargs.get("database_url")),
         policy=kwargs.get("policy", DEFAULT_POLICY),

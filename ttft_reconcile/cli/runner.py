@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from ttft_reconcile.db import describe_db_error
 from ttft_reconcile.dburl import password_of, scrub
-from ttft_reconcile.errors import EXIT_INTERRUPTED, ReconcileError
+from ttft_reconcile.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ReconcileError
 
 T = TypeVar("T")
 log = logging.getLogger("ttft_reconcile")
@@ -53,6 +53,14 @@ def execute(kwargs: dict[str, Any], action: Callable[[], T]) -> T:
         if kwargs.get("traceback"):
             raise
         fail("interrupted; the open transaction was rolled back", EXIT_INTERRUPTED)
+    except (OverflowError, UnicodeError) as error:
+        if kwargs.get("traceback"):
+            raise
+        fail(f"a value is out of range or not valid text: {scrub(str(error), secret)}", EXIT_USAGE)
+    except OSError as error:  # files of --output, --plot, --metrics-textfile
+        if kwargs.get("traceback"):
+            raise
+        fail(scrub(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), secret), EXIT_FAILED)
 
 
 def echo_json(payload: dict[str, Any]) -> None:
