@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.client
 import logging
+import threading
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Final
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -47,13 +49,16 @@ def call(
     try:
         url, handler = _endpoint(address)
         if method == "PUT":
-            push_to_gateway(url, job, registry, grouping_key=dict(key), timeout=timeout, handler=handler)
+            send = partial(push_to_gateway, url, job, registry, grouping_key=dict(key), timeout=timeout,
+                           handler=handler)
         elif method == "POST":
-            pushadd_to_gateway(url, job, registry, grouping_key=dict(key), timeout=timeout, handler=handler)
+            send = partial(pushadd_to_gateway, url, job, registry, grouping_key=dict(key), timeout=timeout,
+                           handler=handler)
         elif method == "DELETE":
-            delete_from_gateway(url, job, grouping_key=dict(key), timeout=timeout, handler=handler)
+            send = partial(delete_from_gateway, url, job, grouping_key=dict(key), timeout=timeout, handler=handler)
         else:
             raise ValueError(f"unknown method {method}")
+        _within(send, timeout)
     except (OSError, ValueError, http.client.HTTPException) as error:
         group = ",".join(f"{name}={value}" for name, value in {"job": job, **key}.items())
         message = (f"could not {_VERBS.get(method, method)} metrics group {{{group}}} at Pushgateway"
@@ -62,11 +67,36 @@ def call(
     log.info("Pushgateway %s: %s group %s", shown(address), method, dict(key))
 
 
+def _within(send: Callable[[], None], timeout: float) -> None:
+    """Run `send` with a deadline on the whole exchange: the client's own timeout is per socket read,
+    so a gateway that trickles a byte every few seconds would otherwise hold the job forever."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            send()
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller's thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=target, name="pushgateway", daemon=True)
+    worker.start()
+    worker.join(timeout * 2 + 1)
+    if not outcome:
+        raise TimeoutError(f"no complete answer within {timeout * 2 + 1:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def check_address(address: str) -> str:
     """`host:port` or an http(s) URL; raise UsageError (password redacted) for anything else."""
-    parts = urlsplit(_with_scheme(address))
+    wrong = f"not a Pushgateway address: {shown(address)} (use host:port or http(s)://host:port)"
+    try:
+        parts = urlsplit(_with_scheme(address))
+    except ValueError:
+        raise UsageError(wrong) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"not a Pushgateway address: {shown(address)} (use host:port or http(s)://host:port)")
+        raise UsageError(wrong)
     return address
 
 
