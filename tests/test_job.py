@@ -340,3 +340,16 @@ def test_ad_hoc_backfill_options_do_not_change_the_dashboard_settings(db_url: st
         stored = dict(conn.execute("SELECT key, value FROM ttft_reconcile.settings").fetchall())
     assert stored["call_types"] == ["anthropic_messages", "aresponses", "pass_through_endpoint"]
     assert stored["tolerance_ms"] == 5
+
+
+def test_an_infinite_trace_instant_does_not_block_its_window(db_url: str) -> None:
+    with connect(db_url) as conn:
+        bad, good = broken_stream(BASE), broken_stream(BASE + ms(10))
+        insert_spend(conn, [bad, good])
+        insert_trace(conn, bad.request_id, request_start=BASE, first_chunk=BASE + ms(100))
+        insert_trace(conn, good.request_id, request_start=BASE, first_chunk=BASE + ms(200))
+        conn.execute("UPDATE ttft_reconcile.stream_traces SET first_chunk_at = 'infinity'"
+                     " WHERE litellm_call_id = %s", (bad.request_id,))
+        conn.commit()
+    summary = job.backfill(settings_for(db_url), SINCE, UNTIL)
+    assert summary.outcomes["repaired"] == 1 and summary.outcomes["no_first_token"] == 1

@@ -105,6 +105,13 @@ def scan_candidates(
     return pd.DataFrame([tuple(r) for r in rows], columns=list(CANDIDATE_COLUMNS))
 
 
+def _finite(column: str) -> str:
+    """An `infinity` timestamp (a broken writer) reads as NULL instead of failing the whole batch."""
+    if column.endswith("_at"):
+        return f"CASE WHEN isfinite({column}) THEN {column} END AS {column}"
+    return column
+
+
 def load_traces(
     conn: Connection, *, call_ids: Sequence[str], response_ids: Sequence[str], lo: datetime, hi: datetime
 ) -> pd.DataFrame:
@@ -113,7 +120,7 @@ def load_traces(
         return pd.DataFrame(columns=list(TRACE_COLUMNS))
     rows = conn.execute(
         text(
-            f"SELECT {', '.join(TRACE_COLUMNS)} FROM {S}.stream_traces"
+            f"SELECT {', '.join(_finite(c) for c in TRACE_COLUMNS)} FROM {S}.stream_traces"
             " WHERE request_start_at >= :lo AND request_start_at < :hi"
             " AND (litellm_call_id = ANY(:call_ids) OR response_id = ANY(:response_ids))"
         ),
