@@ -117,3 +117,24 @@ def test_migrate_sql_output_applies_as_is(pg_admin_url: str) -> None:
                                 " IS NOT NULL").fetchone() == (True,)
     finally:
         services.drop_database(pg_admin_url, name)
+
+
+def test_uninstall_refuses_while_corrections_are_applied(db_url: str) -> None:
+    from click.testing import CliRunner
+
+    from tests.factories import BASE, broken_stream, insert_spend, insert_trace, ms
+    from ttft_reconcile.cli import cli
+
+    with psycopg.connect(db_url) as conn:
+        row = broken_stream(BASE)
+        insert_spend(conn, [row])
+        insert_trace(conn, row.request_id, request_start=BASE, first_chunk=BASE + ms(50))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["backfill", "--since", "2026-03-10", "--until", "2026-03-11",
+                               "--database-url", db_url]).exit_code == 0
+    refused = runner.invoke(cli, ["migrate", "--downgrade-to-base", "--database-url", db_url])
+    assert refused.exit_code == 2 and "1 corrections are still applied" in refused.output
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone() == (1,)
+    forced = runner.invoke(cli, ["migrate", "--downgrade-to-base", "--force", "--database-url", db_url])
+    assert forced.exit_code == 0, forced.output

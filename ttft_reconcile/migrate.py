@@ -15,6 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from ttft_reconcile.errors import UsageError
+
 SCHEMA = "ttft_reconcile"
 
 
@@ -75,9 +77,24 @@ def upgrade(engine: Engine, revision: str = "head") -> MigrationState:
         return migration_state(conn)
 
 
-def downgrade_to_base(engine: Engine) -> None:
-    """The uninstall path: remove every object of our schema, then the schema itself."""
+def downgrade_to_base(engine: Engine, *, force: bool = False) -> None:
+    """The uninstall path: remove every object of our schema, then the schema itself.
+
+    Refuses while corrections are still applied (the audit trail is what rollback needs),
+    unless `force`.
+    """
     with engine.connect() as conn:
+        live = 0
+        if conn.execute(text("SELECT to_regclass('ttft_reconcile.corrections') IS NOT NULL")).scalar():
+            live = int(conn.execute(
+                text("SELECT count(*) FROM ttft_reconcile.corrections WHERE status = 'applied'")).scalar_one())
+        conn.rollback()
+        if live and not force:
+            raise UsageError(
+                f"{live} corrections are still applied to LiteLLM's table; removing the schema would lose the"
+                " only record of the old values. Roll them back first (ttft-reconcile rollback --since ..."
+                " --until ...), or pass --force to keep the corrected values and drop the audit trail"
+            )
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "base")

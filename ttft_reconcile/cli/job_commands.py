@@ -40,7 +40,8 @@ from ttft_reconcile.timeparse import parse_instant
 @click.option("--sql", "as_sql", is_flag=True, help="Print the DDL instead of running it (for a DBA).")
 @click.option("--downgrade-to-base", is_flag=True,
               help="Uninstall: remove the ttft_reconcile schema and everything in it (nothing else).")
-def migrate_command(as_sql: bool, downgrade_to_base: bool, **kwargs: Any) -> None:
+@click.option("--force", is_flag=True, help="With --downgrade-to-base: drop the audit trail of applied corrections.")
+def migrate_command(as_sql: bool, downgrade_to_base: bool, force: bool, **kwargs: Any) -> None:
     """Create or upgrade the `ttft_reconcile` schema (never touches LiteLLM's tables).
 
     \b
@@ -55,7 +56,7 @@ def migrate_command(as_sql: bool, downgrade_to_base: bool, **kwargs: Any) -> Non
         engine = make_engine(parse_url(kwargs["database_url"]))
         try:
             if downgrade_to_base:
-                migrations.downgrade_to_base(engine)
+                migrations.downgrade_to_base(engine, force=force)
                 state: dict[str, Any] = {"current": None, "removed": True}
             else:
                 result = migrations.upgrade(engine)
