@@ -41,3 +41,54 @@ def test_two_worker_processes_share_the_slices(db_url: str) -> None:
     again = job.backfill(settings, datetime(2026, 3, 1, tzinfo=timezone.utc),
                          datetime(2026, 3, 5, tzinfo=timezone.utc), workers=2)
     assert again.candidates == 0
+
+
+def test_workers_stop_when_the_parent_is_killed(db_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    with psycopg.connect(db_url) as conn:
+        for i in range(40):
+            start = datetime(2026, 3, 1 + i % 4, 1 + i // 4)
+            row = broken_stream(start, request_id=str(uuid.uuid4()))
+            insert_spend(conn, [row])
+            insert_trace(conn, row.request_id, request_start=start, first_chunk=start + ms(250))
+    script = str(Path(sys.executable).parent / "ttft-reconcile")
+    parent = subprocess.Popen(
+        [script, "backfill", "--since", "2026-03-01", "--until", "2026-03-05", "--workers", "2",
+         "--batch-size", "1", "--max-rows-per-second", "2", "--database-url", db_url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = psutil.Process(parent.pid).children(recursive=True)
+            workers = [w for w in workers if "python" in " ".join(w.cmdline()).lower()]
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the workers did not start"
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                done = conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone()
+                if done and done[0] >= 1:
+                    break
+                time.sleep(0.1)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"orphaned workers kept running: {[p.pid for p in alive]}"
+    finally:
+        for proc in psutil.Process().children(recursive=True):
+            proc.kill()
+    with psycopg.connect(db_url) as conn:
+        corrected = conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone()
+        running = conn.execute("SELECT count(*) FROM ttft_reconcile.backfill_slices WHERE status = 'running'"
+                               ).fetchone()
+    assert corrected is not None and corrected[0] < 40  # they stopped before finishing everything
+    assert running == (0,)  # each stopped worker handed its slice back
