@@ -113,6 +113,19 @@ def run_and_publish(kwargs: dict[str, Any], mode: str, work: Callable[[JobSettin
         click.echo(f"metrics published ({result.method or 'textfile'}) to {where}", err=True)
 
 
+def _with_progress(
+    kwargs: dict[str, Any], call: Callable[[StopFlag, ProgressPrinter | None], RunSummary]
+) -> RunSummary:
+    """Run a job with graceful SIGINT/SIGTERM handling and, unless --json, progress on stderr."""
+    printer = ProgressPrinter() if not kwargs["as_json"] else None
+    with graceful_signals(StopFlag()) as stop:
+        try:
+            return call(stop, printer)
+        finally:
+            if printer:
+                printer.close()
+
+
 def _instant(value: str | None, flag: str) -> datetime | None:
     if value is None:
         return None
@@ -139,13 +152,8 @@ def run_command(**kwargs: Any) -> None:
     """
 
     def work(settings: JobSettings) -> RunSummary:
-        printer = ProgressPrinter() if not kwargs["as_json"] else None
-        with graceful_signals(StopFlag()) as stop:
-            try:
-                return job.run_incremental(settings, stop=stop, progress=printer)
-            finally:
-                if printer:
-                    printer.close()
+        return _with_progress(kwargs, lambda stop, progress: job.run_incremental(
+            settings, stop=stop, progress=progress))
 
     execute(kwargs, lambda: run_and_publish(kwargs, "run", work))
 
@@ -178,14 +186,8 @@ def backfill_command(since: str, until: str, workers: int, restart: bool, slice_
         start = _instant(since, "--since")
         end = _instant(until, "--until")
         assert start is not None and end is not None
-        printer = ProgressPrinter() if not kwargs["as_json"] else None
-        with graceful_signals(StopFlag()) as stop:
-            try:
-                return job.backfill(settings, start, end, workers=workers, restart=restart, stop=stop,
-                                    progress=printer)
-            finally:
-                if printer:
-                    printer.close()
+        return _with_progress(kwargs, lambda stop, progress: job.backfill(
+            settings, start, end, workers=workers, restart=restart, stop=stop, progress=progress))
 
     execute(kwargs, lambda: run_and_publish(kwargs, "backfill", work))
 
