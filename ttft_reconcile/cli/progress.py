@@ -16,14 +16,14 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval_s = 0.2 if self.tty else interval_s
-        self.last = 0.0
+        self.last: float | None = None  # the first update always shows (monotonic time may be small)
         self.started = time.monotonic()
         self.drawn = False
         self.pending: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
-        if now - self.last < self.interval_s:
+        if self.last is not None and now - self.last < self.interval_s:
             self.pending = progress
             return
         self.last = now
