@@ -65,9 +65,9 @@ def test_workers_stop_when_the_parent_is_killed(db_url: str) -> None:
          "--batch-size", "1", "--max-rows-per-second", "2", "--database-url", db_url],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
     )
+    workers: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 60
-        workers: list[psutil.Process] = []
         while time.monotonic() < deadline and len(workers) < 2:
             workers = psutil.Process(parent.pid).children(recursive=True)
             workers = [w for w in workers if "python" in " ".join(w.cmdline()).lower()]
@@ -84,8 +84,13 @@ def test_workers_stop_when_the_parent_is_killed(db_url: str) -> None:
         gone, alive = psutil.wait_procs(workers, timeout=30)
         assert not alive, f"orphaned workers kept running: {[p.pid for p in alive]}"
     finally:
-        for proc in psutil.Process().children(recursive=True):
-            proc.kill()
+        # Only this test's processes: the session's Pushgateway and Postgres are pytest's children too.
+        parent.kill()
+        for proc in workers:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
     with psycopg.connect(db_url) as conn:
         corrected = conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone()
         running = conn.execute("SELECT count(*) FROM ttft_reconcile.backfill_slices WHERE status = 'running'"

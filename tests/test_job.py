@@ -200,31 +200,6 @@ def test_rollback_leaves_rows_changed_since_alone(db_url: str) -> None:
         assert cst_of(conn, ids["repaired"]) == other
 
 
-def test_changed_between_read_and_write_is_counted_not_written(db_url: str) -> None:
-    from ttft_reconcile import queries
-    from ttft_reconcile.db import inspect_spend_logs, make_engine
-
-    with connect(db_url) as conn:
-        row = broken_stream(BASE)
-        insert_spend(conn, [row])
-    engine = make_engine(parse_database_url(db_url))
-    try:
-        with engine.begin() as conn:
-            shape = inspect_spend_logs(conn, "public")
-            run_id = queries.insert_run(conn, mode="run", dry_run=False, since=None, until=None, policy="first_chunk",
-                                        tolerance_ms=5, call_types=["anthropic_messages"], version="t",
-                                        litellm_schema="public", host="h", worker="w", pid=1)
-            stale = queries.Repair(row.request_id, row.start, row.start + ms(1), BASE + ms(100), 100.0, None, 0,
-                                   "anthropic_messages", "g", {})
-            fresh = queries.Repair(row.request_id, row.start, row.cst, BASE + ms(100), 100.0, None, 0,
-                                   "anthropic_messages", "g", {})
-            assert queries.apply_repairs(conn, shape, [stale], run_id=run_id, policy="first_chunk") == set()
-            assert queries.apply_repairs(conn, shape, [fresh], run_id=run_id, policy="first_chunk") == {
-                (row.request_id, row.start)}
-    finally:
-        engine.dispose()
-
-
 def test_new_value_rounds_like_postgres(db_url: str) -> None:
     with connect(db_url) as conn:
         call = str(uuid.uuid4())

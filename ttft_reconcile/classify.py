@@ -1,6 +1,8 @@
 """Pure classification: candidate rows + their traces → one outcome each, and the new values.
 
-No I/O. Instants from SpendLogs are naive UTC; trace instants are aware (timestamptz) and are
+The readable reference of the job's semantics, used by `explain`; the job itself runs the same
+decisions set-based in batch_sql.py, and a test holds the two to identical results. No I/O.
+Instants from SpendLogs are naive UTC; trace instants are aware (timestamptz) and are
 converted to naive UTC here. New values are rounded as Postgres rounds into timestamp(3).
 """
 
@@ -16,7 +18,6 @@ import pandas as pd
 
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.policies import POLICY_COLUMNS
-from ttft_reconcile.queries import Repair
 from ttft_reconcile.timeparse import round_to_millisecond, to_naive_utc
 
 CONFIRM_WITHIN = timedelta(milliseconds=1)
@@ -27,6 +28,22 @@ JOIN_RESPONSE_ID = "request_id=response_id"
 # Positive evidence of a non-streaming request (no trace needed).
 _NON_STREAM_BEDROCK = re.compile(r"/model/[^/]+/(invoke|converse)(\?|$)")
 _NON_STREAM_VERTEX = re.compile(r":rawPredict(\?|$)")
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What a write would do: set completionStartTime from `old` to `new` (naive UTC, ms precision)."""
+
+    request_id: str
+    start_time: datetime
+    old: datetime | None
+    new: datetime
+    ttft_ms: float
+    litellm_call_id: str | None
+    stream_seq: int | None
+    call_type: str | None
+    model_group: str | None
+    evidence: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -135,20 +152,28 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _iso(value: datetime | None) -> str | None:
+    """ISO 8601 as Postgres writes a timestamp into JSON: the fraction's trailing zeros trimmed."""
+    if value is None:
+        return None
+    written = value.isoformat()
+    return written.rstrip("0") if "." in written else written
+
+
 def _evidence(trace: Mapping[str, Any], join: list[str]) -> dict[str, Any]:
     instants = {policy: _naive(trace[column]) for policy, column in POLICY_COLUMNS.items()}
     request_start = _naive(trace["request_start_at"])
     api_start = _naive(trace["api_call_start_at"])
     evidence: dict[str, Any] = {
-        "instants": {k: (v.isoformat() if v else None) for k, v in instants.items()},
+        "instants": {k: _iso(v) for k, v in instants.items()},
         "join": join,
         "litellm_call_id": trace["litellm_call_id"],
         "stream_seq": int(trace["stream_seq"]),
         "streams": int(trace["streams"]),
         "trace_outcome": trace["outcome"],
         "chunk_count": int(trace["chunk_count"]),
-        "request_start_at": request_start.isoformat() if request_start else None,
-        "api_call_start_at": api_start.isoformat() if api_start else None,
+        "request_start_at": _iso(request_start),
+        "api_call_start_at": _iso(api_start),
     }
     for origin, start in (("request_start", request_start), ("api_call_start", api_start)):
         evidence[f"ttft_ms_from_{origin}"] = {

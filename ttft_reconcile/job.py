@@ -21,9 +21,8 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from ttft_reconcile import __version__, queries
+from ttft_reconcile import __version__, batch_sql, queries
 from ttft_reconcile import outcomes as oc
-from ttft_reconcile.classify import classify_batch
 from ttft_reconcile.db import SpendLogsShape, describe_db_error, inspect_spend_logs, make_engine, transaction
 from ttft_reconcile.errors import (
     EXIT_FAILED,
@@ -48,7 +47,6 @@ log = logging.getLogger(__name__)
 
 RUN_LANE = "run"
 ROLLBACK_LANE = "rollback"
-TRACE_JOIN_SLACK = timedelta(days=1)
 # A run row still `running` with no heartbeat for this long belongs to a killed process.
 ABANDONED_AFTER = timedelta(hours=1)
 HELD_SLICE_POLL = timedelta(seconds=1)
@@ -250,7 +248,8 @@ def _reconcile_range(
         with transaction(ctx.engine, settings.limits) as conn:
             if ctx.lock is not None:
                 ctx.lock.renew(conn)
-            candidates = queries.scan_candidates(
+            # The cron `run` never undoes a rollback; an explicit backfill may re-apply.
+            batch = batch_sql.reconcile_batch(
                 conn,
                 shape,
                 since=since,
@@ -259,39 +258,21 @@ def _reconcile_range(
                 call_types=settings.call_types,
                 tolerance_ms=settings.tolerance_ms,
                 limit=settings.batch_size,
+                policy=settings.policy,
+                hold_rolled_back=ctx.mode == "run",
+                run_id=ctx.run_id,
+                write=not settings.dry_run,
             )
-            if candidates.empty:
+            if batch.last is None:
                 return True
-            call_ids = set(candidates["request_id"]) | set(candidates["litellm_call_id"].dropna())
-            lo = to_aware_utc(min(candidates["start_time"]).to_pydatetime()) - TRACE_JOIN_SLACK
-            hi = to_aware_utc(max(candidates["end_time"]).to_pydatetime()) + TRACE_JOIN_SLACK
-            traces = queries.load_traces(
-                conn, call_ids=sorted(call_ids), response_ids=sorted(candidates["request_id"]), lo=lo, hi=hi
-            )
-            keys = [
-                (str(r), s.to_pydatetime())
-                for r, s in zip(candidates["request_id"], candidates["start_time"], strict=True)
-            ]
-            state = queries.correction_state(conn, keys) if not traces.empty else queries.CorrectionState(
-                frozenset(), frozenset())
-            # The cron `run` never undoes a rollback; an explicit backfill may re-apply.
-            hold = state.rolled_back if ctx.mode == "run" else frozenset()
-            batch = classify_batch(candidates, traces, policy=settings.policy, already_ours=state.applied,
-                                   rolled_back=hold)
+            scanned = len(batch.rows)
             counts = batch.counts()
-            if not settings.dry_run:
-                repairs = batch.repairs
-                written = queries.apply_repairs(conn, shape, repairs, run_id=ctx.run_id, policy=settings.policy)
-                lost = len(repairs) - len(written)
-                counts[oc.REPAIRED] -= lost
-                counts[oc.CHANGED] += lost
-            queries.add_run_counts(conn, ctx.run_id, len(candidates), counts)
-            last_row = candidates.iloc[-1]
-            position = Position(last_row["start_time"].to_pydatetime(), str(last_row["request_id"]))
+            queries.add_run_counts(conn, ctx.run_id, scanned, counts)
+            position = batch.last
             if on_commit is not None and not settings.dry_run:
-                on_commit(conn, position, len(candidates))
-        tally.add(len(candidates), counts)
-        tally.days.update(s.date() for s in candidates["start_time"])
+                on_commit(conn, position, scanned)
+        tally.add(scanned, counts)
+        tally.days.update(row.start_time.date() for row in batch.rows)
         if ctx.progress is not None:
             ctx.progress(
                 Progress(
@@ -306,8 +287,8 @@ def _reconcile_range(
                     slices_total=slices[1],
                 )
             )
-        _throttle(settings, len(candidates), started)
-        if len(candidates) < settings.batch_size:
+        _throttle(settings, scanned, started)
+        if scanned < settings.batch_size:
             return True
 
 

@@ -1,4 +1,4 @@
-"""All SQL of the batch job (scan, traces, writes, audit, checkpoints, runs, slices, leases).
+"""SQL of the batch job besides the batch statement (batch_sql.py): rollback, runs, checkpoints, slices, leases.
 
 LiteLLM's table is reached through `SpendLogsShape.qualified` (schema from the URL); its
 camel-case columns are quoted only here. Scans never read the JSON columns.
@@ -12,39 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ttft_reconcile.db import SpendLogsShape
 
 S = "ttft_reconcile"
-
-CANDIDATE_COLUMNS = (
-    "request_id",
-    "call_type",
-    "start_time",
-    "end_time",
-    "completion_start_time",
-    "api_base",
-    "model_group",
-    "provider",
-    "litellm_call_id",
-)
-TRACE_COLUMNS = (
-    "litellm_call_id",
-    "stream_seq",
-    "response_id",
-    "request_start_at",
-    "api_call_start_at",
-    "first_chunk_at",
-    "first_event_at",
-    "first_output_at",
-    "first_visible_at",
-    "last_chunk_at",
-    "chunk_count",
-    "outcome",
-)
 
 
 @dataclass(frozen=True)
@@ -53,175 +26,6 @@ class Position:
 
     start_time: datetime
     request_id: str
-
-
-def _candidate_select(shape: SpendLogsShape) -> str:
-    call_id = "litellm_call_id" if shape.has_litellm_call_id else "NULL::text"
-    return (
-        'SELECT request_id, call_type, "startTime" AS start_time, "endTime" AS end_time,'
-        ' "completionStartTime" AS completion_start_time, api_base, model_group,'
-        f" custom_llm_provider AS provider, {call_id} AS litellm_call_id"
-        f" FROM {shape.qualified}"
-    )
-
-
-def scan_candidates(
-    conn: Connection,
-    shape: SpendLogsShape,
-    *,
-    since: datetime,
-    until: datetime,
-    after: Position | None,
-    call_types: Sequence[str],
-    tolerance_ms: float,
-    limit: int,
-) -> pd.DataFrame:
-    """The next `limit` candidate rows in [since, until) after `after`, in keyset order.
-
-    Candidates: configured call types whose completionStartTime is NULL or within
-    `tolerance_ms` of endTime. `since`/`until` are naive UTC (SpendLogs' convention).
-    """
-    keyset = ' AND ("startTime", request_id) > (:after_start, :after_id)' if after is not None else ""
-    sql = (
-        _candidate_select(shape)
-        + ' WHERE "startTime" >= :since AND "startTime" < :until'
-        + keyset
-        + " AND call_type = ANY(:call_types)"
-        + ' AND ("completionStartTime" IS NULL'
-        + ' OR abs(extract(epoch FROM ("endTime" - "completionStartTime"))) * 1000 <= :tolerance_ms)'
-        + ' ORDER BY "startTime", request_id LIMIT :limit'
-    )
-    params: dict[str, Any] = {
-        "since": since,
-        "until": until,
-        "call_types": list(call_types),
-        "tolerance_ms": tolerance_ms,
-        "limit": limit,
-    }
-    if after is not None:
-        params["after_start"] = after.start_time
-        params["after_id"] = after.request_id
-    rows = conn.execute(text(sql), params).all()
-    return pd.DataFrame([tuple(r) for r in rows], columns=list(CANDIDATE_COLUMNS))
-
-
-def _finite(column: str) -> str:
-    """An `infinity` timestamp (a broken writer) reads as NULL instead of failing the whole batch."""
-    if column.endswith("_at"):
-        return f"CASE WHEN isfinite({column}) THEN {column} END AS {column}"
-    return column
-
-
-def load_traces(
-    conn: Connection, *, call_ids: Sequence[str], response_ids: Sequence[str], lo: datetime, hi: datetime
-) -> pd.DataFrame:
-    """Trace rows whose call id or response id is listed, with request_start_at in [lo, hi) (aware UTC)."""
-    if not call_ids and not response_ids:
-        return pd.DataFrame(columns=list(TRACE_COLUMNS))
-    rows = conn.execute(
-        text(
-            f"SELECT {', '.join(_finite(c) for c in TRACE_COLUMNS)} FROM {S}.stream_traces"
-            " WHERE request_start_at >= :lo AND request_start_at < :hi"
-            " AND (litellm_call_id = ANY(:call_ids) OR response_id = ANY(:response_ids))"
-        ),
-        {"lo": lo, "hi": hi, "call_ids": list(call_ids), "response_ids": list(response_ids)},
-    ).all()
-    return pd.DataFrame([tuple(r) for r in rows], columns=list(TRACE_COLUMNS))
-
-
-@dataclass(frozen=True)
-class CorrectionState:
-    """Rows (request_id, start_time) with a live correction, and rows whose corrections were all rolled back."""
-
-    applied: frozenset[tuple[str, datetime]]
-    rolled_back: frozenset[tuple[str, datetime]]
-
-
-def correction_state(conn: Connection, keys: Sequence[tuple[str, datetime]]) -> CorrectionState:
-    """Which of these rows already carry a correction of ours, and which had theirs rolled back."""
-    if not keys:
-        return CorrectionState(frozenset(), frozenset())
-    rows = conn.execute(
-        text(
-            f"SELECT c.request_id, c.start_time, bool_or(c.status = 'applied') FROM {S}.corrections c"
-            " JOIN unnest(CAST(:ids AS text[]), CAST(:starts AS timestamp(3)[])) AS k(request_id, start_time)"
-            " ON c.request_id = k.request_id AND c.start_time = k.start_time GROUP BY 1, 2"
-        ),
-        {"ids": [k[0] for k in keys], "starts": [k[1] for k in keys]},
-    ).all()
-    return CorrectionState(
-        applied=frozenset((r[0], r[1]) for r in rows if r[2]),
-        rolled_back=frozenset((r[0], r[1]) for r in rows if not r[2]),
-    )
-
-
-@dataclass(frozen=True)
-class Repair:
-    """One guarded write: set completionStartTime from `old` to `new` (naive UTC, ms precision)."""
-
-    request_id: str
-    start_time: datetime
-    old: datetime | None
-    new: datetime
-    ttft_ms: float
-    litellm_call_id: str | None
-    stream_seq: int | None
-    call_type: str | None
-    model_group: str | None
-    evidence: dict[str, Any]
-
-
-def apply_repairs(
-    conn: Connection, shape: SpendLogsShape, repairs: Sequence[Repair], *, run_id: int, policy: str
-) -> set[tuple[str, datetime]]:
-    """Guarded set-based UPDATE plus the audit rows, in one statement; returns the rows written.
-
-    A row whose completionStartTime is no longer the value we read is left alone (the caller
-    counts it `changed`).
-    """
-    if not repairs:
-        return set()
-    touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
-    # One jsonb document per batch (parsed once by the server) rather than ten parallel arrays
-    # whose jsonb[] element would be parsed from an array literal: a third of the write's time.
-    sql = (
-        "WITH input AS MATERIALIZED ("
-        " SELECT * FROM jsonb_to_recordset(CAST(:payload AS jsonb))"
-        " AS u(request_id text, start_time timestamp(3), old_cst timestamp(3), new_cst timestamp(3),"
-        " ttft_ms float8, litellm_call_id text, stream_seq integer, call_type text, model_group text,"
-        " evidence jsonb)"
-        "), updated AS ("
-        f' UPDATE {shape.qualified} AS s SET "completionStartTime" = input.new_cst{touch}'
-        ' FROM input WHERE s.request_id = input.request_id AND s."startTime" = input.start_time'
-        ' AND s."completionStartTime" IS NOT DISTINCT FROM input.old_cst'
-        ' RETURNING s.request_id, s."startTime" AS start_time'
-        ")"
-        f" INSERT INTO {S}.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
-        " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)"
-        " SELECT i.request_id, i.start_time, :run_id, :policy, i.old_cst, i.new_cst, i.ttft_ms,"
-        " i.litellm_call_id, i.stream_seq, i.call_type, i.model_group, i.evidence"
-        " FROM updated JOIN input i ON i.request_id = updated.request_id AND i.start_time = updated.start_time"
-        " RETURNING request_id, start_time"
-    )
-    payload = [
-        {
-            "request_id": r.request_id,
-            "start_time": r.start_time.isoformat(),
-            "old_cst": r.old.isoformat() if r.old is not None else None,
-            "new_cst": r.new.isoformat(),
-            "ttft_ms": r.ttft_ms,
-            "litellm_call_id": r.litellm_call_id,
-            "stream_seq": r.stream_seq,
-            "call_type": r.call_type,
-            "model_group": r.model_group,
-            "evidence": r.evidence,
-        }
-        for r in repairs
-    ]
-    rows = conn.execute(
-        text(sql), {"payload": json.dumps(payload, default=str), "run_id": run_id, "policy": policy}
-    ).all()
-    return {(r[0], r[1]) for r in rows}
 
 
 # --- rollback -----------------------------------------------------------------------------

@@ -7,9 +7,10 @@ and the audit table untouched. The counts per outcome must match the cases exact
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from tests.factories import BASE, SpendRow, broken_stream, insert_spend, insert_trace, ms
 from tests.reliability.dataset import audit_agrees
-from ttft_reconcile import job, queries
+from ttft_reconcile import job
 from ttft_reconcile.dburl import parse_database_url
 from ttft_reconcile.settings import JobSettings
 
@@ -160,7 +161,9 @@ def test_each_odd_case_gets_its_outcome_and_nothing_is_written_wrongly(db_url: s
     cases = _cases()
     _seed(db_url, cases)
     with psycopg.connect(db_url, autocommit=True) as conn:  # the job's sessions inherit the zone
-        conn.execute(f"ALTER DATABASE \"{db_url.rsplit('/', 1)[1]}\" SET timezone = '{server_zone}'")
+        name = conn.execute("SELECT current_database()").fetchone()
+        assert name is not None
+        conn.execute(f"ALTER DATABASE \"{name[0]}\" SET timezone = '{server_zone}'")
     summary = job.backfill(_settings(db_url), SINCE, UNTIL)
     values, audit = _state(db_url)
     for case in cases:
@@ -176,7 +179,13 @@ def test_each_odd_case_gets_its_outcome_and_nothing_is_written_wrongly(db_url: s
     assert again.outcomes["repaired"] == 0 and _state(db_url) == (values, audit)
 
 
-def test_rows_deleted_or_changed_between_read_and_write(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rows_deleted_or_changed_between_read_and_write(db_url: str) -> None:
+    """LiteLLM's retention and another writer act after the job read the batch, before it writes.
+
+    The other transaction holds its row locks, so the job's statement reads the old values and then
+    waits at its UPDATE; once the job's backend is seen waiting on a lock, the other side commits
+    and Postgres re-checks the guard on the new row versions.
+    """
     rows = [broken_stream(BASE + timedelta(seconds=i)) for i in range(6)]
     with psycopg.connect(db_url) as conn:
         insert_spend(conn, rows)
@@ -184,21 +193,34 @@ def test_rows_deleted_or_changed_between_read_and_write(db_url: str, monkeypatch
             insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
     deleted, changed, touched = rows[1], rows[2], rows[3]
     other = changed.start + ms(777)
-    original: Callable[..., Any] = queries.apply_repairs
+    racer = psycopg.connect(db_url)
+    racer.execute('DELETE FROM "LiteLLM_SpendLogs" WHERE request_id = %s', (deleted.request_id,))
+    racer.execute('UPDATE "LiteLLM_SpendLogs" SET "completionStartTime" = %s WHERE request_id = %s',
+                  (other, changed.request_id))
+    racer.execute('UPDATE "LiteLLM_SpendLogs" SET spend = spend + 1 WHERE request_id = %s', (touched.request_id,))
+    waited: list[bool] = []
 
-    def race_then_write(*args: Any, **kwargs: Any) -> Any:
-        """LiteLLM's retention and another writer act after the job read the batch, before it writes."""
-        with psycopg.connect(db_url) as conn:
-            conn.execute('DELETE FROM "LiteLLM_SpendLogs" WHERE request_id = %s', (deleted.request_id,))
-            conn.execute('UPDATE "LiteLLM_SpendLogs" SET "completionStartTime" = %s WHERE request_id = %s',
-                         (other, changed.request_id))
-            conn.execute('UPDATE "LiteLLM_SpendLogs" SET spend = spend + 1 WHERE request_id = %s',
-                         (touched.request_id,))
-        monkeypatch.setattr(queries, "apply_repairs", original)
-        return original(*args, **kwargs)
+    def commit_once_the_job_waits() -> None:
+        with psycopg.connect(db_url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                blocked = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND application_name LIKE 'ttft_reconcile%'").fetchone()
+                if blocked and blocked[0]:
+                    waited.append(True)
+                    break
+                time.sleep(0.05)
+        racer.commit()
+        racer.close()
 
-    monkeypatch.setattr(queries, "apply_repairs", race_then_write)
-    summary = job.backfill(_settings(db_url), SINCE, UNTIL)
+    thread = threading.Thread(target=commit_once_the_job_waits)
+    thread.start()
+    try:
+        summary = job.backfill(_settings(db_url), SINCE, UNTIL)
+    finally:
+        thread.join()
+    assert waited == [True]
     assert summary.outcomes["changed"] == 2 and summary.outcomes["repaired"] == 4
     values, audit = _state(db_url)
     assert deleted.request_id not in values and deleted.request_id not in audit

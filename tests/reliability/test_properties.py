@@ -18,9 +18,13 @@ from ttft_reconcile import outcomes as oc
 from ttft_reconcile.classify import classify_batch
 from ttft_reconcile.dburl import parse_database_url
 from ttft_reconcile.policies import POLICIES
-from ttft_reconcile.queries import CANDIDATE_COLUMNS, TRACE_COLUMNS
 from ttft_reconcile.settings import JobSettings
 
+CANDIDATE_COLUMNS = ("request_id", "call_type", "start_time", "end_time", "completion_start_time", "api_base",
+                     "model_group", "provider", "litellm_call_id")
+TRACE_COLUMNS = ("litellm_call_id", "stream_seq", "response_id", "request_start_at", "api_call_start_at",
+                 "first_chunk_at", "first_event_at", "first_output_at", "first_visible_at", "last_chunk_at",
+                 "chunk_count", "outcome")
 BASE = datetime(2026, 3, 10, 12)
 IDS = ["a", "b", "msg_a", "chatcmpl-a", "", "A"]
 ZONES = [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
