@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ttft_reconcile.explain import Explanation
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ttft_reconcile.explain import Explanation
 
 
 def as_text(explanation: Explanation) -> str:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ttft_reconcile import demo
 from ttft_reconcile.cli.options import output_options
 from ttft_reconcile.cli.runner import echo_json, execute
 from ttft_reconcile.errors import UsageError
 from ttft_reconcile.outcomes import OUTCOMES
 from ttft_reconcile.policies import DEFAULT_POLICY, POLICIES
+
+if TYPE_CHECKING:  # the demo pulls in pandas and numpy: imported only when it runs
+    from ttft_reconcile import demo
 
 OUTCOME_HELP = {
     "repaired": "fallback value replaced by the stream's first-token instant (audited, reversible)",
@@ -91,6 +93,8 @@ def demo_command(rows: int, seed: int, era: str, policy: str, keep: bool, stop_d
     """
 
     def action() -> None:
+        from ttft_reconcile import demo
+
         if stop_dir:
             try:
                 demo.stop_kept(stop_dir)

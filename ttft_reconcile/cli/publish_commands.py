@@ -9,7 +9,6 @@ from typing import IO, Any
 
 import click
 
-from ttft_reconcile import explain as explain_mod
 from ttft_reconcile import explain_format, report_format
 from ttft_reconcile import export as export_mod
 from ttft_reconcile import prune as prune_mod
@@ -118,6 +117,8 @@ def explain_command(request_id: str, policy: str, tolerance_ms: float | None, ca
     """
 
     def action() -> None:
+        from ttft_reconcile import explain as explain_mod  # pandas: imported only for this command
+
         url = parse_url(kwargs["database_url"])
         engine = make_engine(url)
         try:
