@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 EXTRAS_VERSIONS = {"old": "0.4.56", "new": "0.4.110"}
@@ -39,6 +40,11 @@ def missing(what: str) -> None:
 def with_database(url: str, database: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def database_name(url: str) -> str:
+    """The database a URL names, socket URLs (`postgresql://u@/db?host=/dir`) included."""
+    return str(conninfo_to_dict(url)["dbname"])
 
 
 def with_params(url: str, **params: str) -> str:

@@ -51,7 +51,8 @@ def make(sink_for: list[TraceSink], url: str | None, **options: float) -> TraceS
 
 def test_rows_land_in_the_parent_table_once(db_url: str, sink_for: list[TraceSink]) -> None:
     written = metrics.sample("ttft_capture_traces_written_total")
-    sink = make(sink_for, db_url + "?schema=public&connection_limit=3", flush_interval=0.05)  # Prisma URL
+    sink = make(sink_for, services.with_params(db_url, schema="public", connection_limit="3"),
+                flush_interval=0.05)  # Prisma URL
     first = recorder("call-a")
     sink.submit(first)
     sink.submit(first)  # the same stream twice: ON CONFLICT DO NOTHING

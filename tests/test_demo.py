@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from tests import services
 from ttft_reconcile import demo
 from ttft_reconcile.cli import cli
 from ttft_reconcile.outcomes import OUTCOMES
@@ -45,7 +46,7 @@ def _console_script() -> str:
     beside = Path(sys.executable).parent / "ttft-reconcile"
     found = str(beside) if beside.exists() else shutil.which("ttft-reconcile")
     if found is None:
-        pytest.skip("the ttft-reconcile console script is not installed")
+        services.missing("the ttft-reconcile console script is not installed (pip install .)")
     return found
 
 

@@ -13,6 +13,7 @@ from tests.capture.helpers import run
 from tests.capture.upstreams import MockUpstream
 
 pytestmark = pytest.mark.capture
+HAS_AGENTIC_LOOP = (1, 83, 14)  # the first release with the agentic /v1/messages iterator
 
 FOLLOW_UP = {"id": "msg_follow_up", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
              "content": [{"type": "text", "text": "after the tool"}], "stop_reason": "end_turn",
@@ -21,9 +22,11 @@ FOLLOW_UP = {"id": "msg_follow_up", "type": "message", "role": "assistant", "mod
 
 @pytest.fixture
 def agentic_hook(litellm: Any) -> Iterator[list[str]]:
-    """A callback whose agentic gate fires, answering with a non-streaming follow-up."""
-    if litellm_version() < (1, 83, 14):
-        pytest.skip("this LiteLLM release has no agentic /v1/messages iterator")
+    """A callback whose agentic gate fires, answering with a non-streaming follow-up (releases
+    with the agentic iterator only: older ones answer a gated stream with a plain dict)."""
+    if litellm_version() < HAS_AGENTIC_LOOP:
+        yield []
+        return
     from litellm.integrations.custom_logger import CustomLogger
 
     calls: list[str] = []
@@ -49,7 +52,15 @@ def test_agentic_first_stream_and_follow_up(litellm: Any, upstream: MockUpstream
                                             spend_probe: SpendProbe, agentic_hook: list[str]) -> None:
     from ttft_reconcile import capture
 
-    assert "messages_agentic" in capture_on(db_url)
+    installed = capture_on(db_url)
+    if litellm_version() < HAS_AGENTIC_LOOP:
+        # No agentic loop in this release: the hook is reported absent, the plain stream is traced.
+        assert "messages_agentic" not in installed and "messages_pass_through" in installed, installed
+        run(helpers.consume(litellm, upstream, "messages"))
+        assert capture.flush(10)
+        assert [t["stream_seq"] for t in helpers.traces(db_url)] == [0]
+        return
+    assert "messages_agentic" in installed
     client = run(helpers.consume(litellm, upstream, "messages"))
     assert "should_run" in agentic_hook
     assert any(b"after the tool" in chunk for chunk in client) == ("run" in agentic_hook)

@@ -36,13 +36,23 @@ def _as_postgres(*argv: str) -> list[str]:
     return list(argv)
 
 
-def _workdir(prefix: str) -> Path:
+def _workdir(prefix: str, owner: str = "postgres") -> Path:
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp" if os.path.isdir("/tmp") else None))
     os.chmod(root, 0o755)
     if os.geteuid() == 0:
-        entry = pwd.getpwnam("postgres")
+        entry = pwd.getpwnam(owner)
         os.chown(root, entry.pw_uid, entry.pw_gid)
     return root
+
+
+def _bouncer_user(host: str) -> str:
+    """Who runs PgBouncer as root: the owner of the server's socket directory (only it may enter
+    the embedded server's 0700 data directory), else `postgres`."""
+    if host.startswith("/") and os.path.isdir(host):
+        owner = pwd.getpwuid(os.stat(host).st_uid).pw_name
+        if owner != "root":
+            return owner
+    return "postgres"
 
 
 class Cluster:
@@ -110,9 +120,10 @@ class PgBouncer:
         assert exe is not None
         target = conninfo_to_dict(target_url)
         self.user = str(target.get("user") or "postgres")
-        self.root = _workdir("ttft-rel-bouncer-")
+        host = str(target.get("host") or "127.0.0.1")
+        run_as = _bouncer_user(host)
+        self.root = _workdir("ttft-rel-bouncer-", run_as)
         self.port = services.free_port()
-        host = target.get("host") or "127.0.0.1"
         port = target.get("port") or 5432
         (self.root / "users.txt").write_text(f'"{self.user}" ""\n')
         (self.root / "pgbouncer.ini").write_text(
@@ -133,8 +144,8 @@ class PgBouncer:
         )
         for name in ("users.txt", "pgbouncer.ini"):
             os.chmod(self.root / name, 0o644)
-        user = "postgres" if os.geteuid() == 0 else None
-        self.proc = subprocess.Popen([exe, str(self.root / "pgbouncer.ini")], user=user,
+        self.proc = subprocess.Popen([exe, str(self.root / "pgbouncer.ini")],
+                                     user=run_as if os.geteuid() == 0 else None,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests import services
 from tests.reliability.conftest import Clone
 from tests.reliability.dataset import Seeded, audit_agrees, correction_rows, job_backends, spend_rows
 from tests.reliability.procs import KillRecord, count, freeze_inspect_kill, observer, run, spawn, wait_for
@@ -28,10 +29,6 @@ AUDIT = "SELECT count(*) FROM ttft_reconcile.corrections"
 KILL_SEED = 20261203
 KILL_POINTS = 24
 BATCH = "10"
-
-
-def _database(url: str) -> str:
-    return url.rsplit("/", 1)[1]
 
 
 def _backfill(url: str, *extra: str) -> list[str]:
@@ -70,7 +67,7 @@ def test_sigkill_at_seeded_points_then_resume_matches_reference(
     repairs = len(reference[1])
     assert repairs > 400
     url = clone()
-    database = _database(url)
+    database = services.database_name(url)
     rng = random.Random(KILL_SEED)
     special = rng.sample(range(KILL_POINTS), 10)
     startup_kills, update_kills = set(special[:4]), set(special[4:])
@@ -156,7 +153,7 @@ def _blocked_mid_batch(url: str, proc_args: list[str]) -> tuple[subprocess.Popen
     with observer(url) as conn:
         blocked = wait_for(
             lambda: any(b["wait"] == "Lock" and b["application_name"] == "ttft_reconcile"
-                        for b in job_backends(conn, _database(url))),
+                        for b in job_backends(conn, services.database_name(url))),
             timeout=60, proc=proc,
         )
         assert blocked, proc.communicate()[1]
@@ -228,7 +225,7 @@ def test_resume_waits_for_a_killed_workers_slice_and_finishes(
     proc = spawn(*_backfill(url))
     with observer(url) as conn:
         assert wait_for(lambda: count(conn, AUDIT) >= 20, timeout=60, proc=proc)
-        freeze_inspect_kill(proc, conn, _database(url), AUDIT)
+        freeze_inspect_kill(proc, conn, services.database_name(url), AUDIT)
         held = conn.execute("SELECT count(*) FROM ttft_reconcile.backfill_slices WHERE status = 'running'"
                             " AND heartbeat_at > now() - interval '3 seconds'").fetchone()
         assert held == (1,)

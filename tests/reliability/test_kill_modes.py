@@ -25,10 +25,6 @@ def _seed_recent(url: str) -> None:
         seed(conn, 500, seed_value=41, start=start, span=timedelta(hours=19))
 
 
-def _name(url: str) -> str:
-    return url.rsplit("/", 1)[1]
-
-
 def _kill_at(url: str, args: list[str], sql: str, goals: list[int], rng: random.Random) -> int:
     """Kill `ttft-reconcile ARGS` once `sql` reaches each goal; returns how many kills were mid-transaction."""
     mid = 0
@@ -39,7 +35,7 @@ def _kill_at(url: str, args: list[str], sql: str, goals: list[int], rng: random.
             wait_for(lambda target=target: count(conn, sql) >= target, timeout=60, proc=proc)  # type: ignore[misc]
             time.sleep(rng.uniform(0, 0.03))
             assert proc.poll() is None, "the command finished before its kill point"
-            record = freeze_inspect_kill(proc, conn, url.rsplit("/", 1)[1], sql)
+            record = freeze_inspect_kill(proc, conn, services.database_name(url), sql)
             mid += record.mid_transaction
             if record.mid_transaction:
                 assert record.committed_after == record.committed_before
@@ -54,7 +50,8 @@ def test_incremental_run_killed_then_rerun_matches_an_uninterrupted_run(
     _, clone = seeded(1, 40)
     template = clone()
     _seed_recent(template)
-    reference, url = (services.with_database(pg_admin_url, services.clone_database(pg_admin_url, _name(template)))
+    name = services.database_name(template)
+    reference, url = (services.with_database(pg_admin_url, services.clone_database(pg_admin_url, name))
                       for _ in range(2))
     try:
         args = ["run", "--batch-size", "10", "--database-url"]
@@ -70,7 +67,7 @@ def test_incremental_run_killed_then_rerun_matches_an_uninterrupted_run(
             assert (spend_rows(conn), correction_rows(conn)) == expected
     finally:
         for made in (reference, url):
-            services.drop_database(pg_admin_url, _name(made))
+            services.drop_database(pg_admin_url, services.database_name(made))
     print(f"\nrun: {KILLS} kills, {mid} mid-transaction; {len(expected[1])} corrections compared")
 
 

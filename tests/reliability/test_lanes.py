@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from tests import services
 from tests.reliability.cluster import PgBouncer
 from tests.reliability.conftest import Clone
 from tests.reliability.dataset import Seeded, audit_agrees, job_backends, seed
@@ -38,10 +39,6 @@ def _start_first(url: str) -> subprocess.Popen[str]:
     with observer(url) as conn:
         assert wait_for(lambda: count(conn, AUDIT_SQL) > 0, timeout=60, proc=first), first.communicate()
     return first
-
-
-def _database(url: str) -> str:
-    return url.rsplit("/", 1)[1].split("?", 1)[0]
 
 
 @pytest.mark.slow
@@ -86,7 +83,7 @@ def test_advisory_lock_behind_transaction_pooler_excludes_nobody_and_leaks(
     _, clone = seeded(1, 2)
     direct = clone()
     _seed_recent(direct)
-    pooled = bouncer.url(_database(direct))
+    pooled = bouncer.url(services.database_name(direct))
     first = _start_first(pooled)
     second = run("run", "--database-url", pooled, "--json")
     assert first.poll() is None
@@ -96,7 +93,7 @@ def test_advisory_lock_behind_transaction_pooler_excludes_nobody_and_leaks(
     # the lock now belongs to the pooled server session, not to the first process: kill that
     # process and the lock stays behind, so a run that bypasses the pooler is shut out (exit 75)
     with observer(direct) as conn:
-        _kill_between_transactions(first, conn, _database(direct))
+        _kill_between_transactions(first, conn, services.database_name(direct))
         held = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND ((classid::bigint << 32) | objid::bigint) = %s", (lane_key("run"),)).fetchone()
@@ -115,7 +112,7 @@ def test_lease_row_excludes_the_second_process_behind_the_pooler(
     _, clone = seeded(1, 3)
     direct = clone()
     _seed_recent(direct)
-    pooled = bouncer.url(_database(direct)) + how[0]
+    pooled = bouncer.url(services.database_name(direct)) + how[0]
     first = spawn("run", "--database-url", pooled, *how[1:], *SLOW, "--json")
     with observer(direct) as conn:
         assert wait_for(lambda: count(conn, AUDIT_SQL) > 0, timeout=60, proc=first), first.communicate()
@@ -146,7 +143,7 @@ def _prepared_after_repeats(url: str) -> tuple[object, int]:
 
 
 def test_prepared_statements_are_off_behind_the_pooler(db_url: str, bouncer: PgBouncer) -> None:
-    pooled = bouncer.url(_database(db_url))
+    pooled = bouncer.url(services.database_name(db_url))
     assert _prepared_after_repeats(pooled + "?pgbouncer=true") == (None, 0)
     threshold, prepared = _prepared_after_repeats(pooled)
     assert threshold == 5 and prepared >= 1  # what pgbouncer=true protects against
@@ -158,7 +155,7 @@ def test_backfill_through_the_pooler_matches_a_direct_one(
     _, clone = seeded(300, 4)
     direct, other = clone(), clone()
     window = ["--since", "2026-03-10", "--until", "2026-03-13", "--batch-size", "20", "--json"]
-    pooled = run("backfill", *window, "--database-url", bouncer.url(_database(other)) + "?pgbouncer=true")
+    pooled = run("backfill", *window, "--database-url", bouncer.url(services.database_name(other)) + "?pgbouncer=true")
     plain = run("backfill", *window, "--database-url", direct)
     assert pooled.returncode == 0 and plain.returncode == 0, (pooled.stderr, plain.stderr)
     assert json.loads(pooled.stdout)["outcomes"] == json.loads(plain.stdout)["outcomes"]
