@@ -173,7 +173,7 @@ def test_dry_run_writes_only_its_run_row(db_url: str) -> None:
         seed_every_outcome(conn, new_era=True)
         before = snapshot(conn)
     summary = job.backfill(settings_for(db_url, dry_run=True), SINCE, UNTIL)
-    assert summary.dry_run and summary.outcomes["repaired"] == 2
+    assert summary.dry_run and summary.outcomes["repaired"] == 2, summary.outcomes
     with connect(db_url) as conn:
         assert snapshot(conn) == before
         assert conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone() == (0,)

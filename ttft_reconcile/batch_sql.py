@@ -9,7 +9,7 @@ and evidence for every row. Instants: SpendLogs columns are naive UTC, trace col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -17,23 +17,23 @@ from sqlalchemy.engine import Connection
 
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.db import SpendLogsShape
+from ttft_reconcile.joins import JOIN_CALL_ID_COLUMN, JOIN_REQUEST_ID, JOIN_RESPONSE_ID, TRACE_JOIN_SLACK
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.queries import Position, S
-
-# Traces are looked for with request_start_at within this margin of the batch's rows (a
-# stream cannot start a day before its SpendLogs row, or end a day after it).
-TRACE_JOIN_SLACK = timedelta(days=1)
 
 _TRACE_COLUMNS = (
     "litellm_call_id", "stream_seq", "response_id", "request_start_at", "api_call_start_at",
     *POLICY_COLUMNS.values(), "chunk_count", "outcome",
 )
 
+# The marker of an audit row in the batch statement's result (not an outcome).
+_WRITTEN = "written"
+
 # Join strategy names, as the evidence records them (sorted order = the order below).
 _JOINS = (
-    ("litellm_call_id column", "j_col"),
-    ("request_id=litellm_call_id", "j_req"),
-    ("request_id=response_id", "j_resp"),
+    (JOIN_CALL_ID_COLUMN, "j_col"),
+    (JOIN_REQUEST_ID, "j_req"),
+    (JOIN_RESPONSE_ID, "j_resp"),
 )
 
 
@@ -71,9 +71,9 @@ def _ms(later: str, earlier: str) -> str:
     return f"round((extract(epoch FROM ({later}) - ({earlier})) * 1000)::numeric, 3)::float8"
 
 
-def _naive(column: str) -> str:
+def _naive(column: str, alias: str = "t") -> str:
     """A trace instant as naive UTC; an infinite one (a broken writer) reads as NULL."""
-    return f"CASE WHEN isfinite(t.{column}) THEN t.{column} AT TIME ZONE 'UTC' END"
+    return f"CASE WHEN isfinite({alias}.{column}) THEN {alias}.{column} AT TIME ZONE 'UTC' END"
 
 
 def _evidence() -> str:
@@ -94,16 +94,42 @@ def _evidence() -> str:
     )
 
 
+def _near(row: str) -> str:
+    """Traces whose request_start_at lies within TRACE_JOIN_SLACK of the row's [startTime, endTime]."""
+    slack = f"interval '{int(TRACE_JOIN_SLACK.total_seconds())} seconds'"
+    return (f"t.request_start_at >= ({row}.start_time AT TIME ZONE 'UTC') - {slack}"
+            f" AND t.request_start_at < ({row}.end_time AT TIME ZONE 'UTC') + {slack}")
+
+
 def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
-    """CTEs ending in `decided`: one row per candidate with its outcome and, if repaired, the repair."""
+    """CTEs ending in `decided`: one row per candidate with its outcome and, if repaired, the repair.
+
+    Every lookup is a LATERAL probe of an index (stream_traces, corrections) per candidate; no two
+    intermediate results are ever joined to each other, so the plan stays linear in the batch size
+    whatever the planner believes about row counts (a never-analyzed table, a fresh partition).
+    """
     call_id = "litellm_call_id" if shape.has_litellm_call_id else "NULL::text"
     after = ' AND ("startTime", request_id) > (:after_start, :after_id)' if keyset else ""
-    instants = ", ".join(f"{_naive(column)} AS i_{p}" for p, column in POLICY_COLUMNS.items())
-    slack = f"interval '{int(TRACE_JOIN_SLACK.total_seconds())} seconds'"
     cols = ", ".join(f"t.{c}" for c in _TRACE_COLUMNS)
-    trace_filter = (
-        "t.request_start_at >= (SELECT lo FROM bounds) AND t.request_start_at < (SELECT hi FROM bounds)"
+
+    def streams(alias: str, condition: str) -> str:
+        # The streams one strategy finds, best first: the lowest stream_seq that completed, else
+        # the lowest; ties go to the earliest recording. How many, and the calls they belong to.
+        return (
+            f" LEFT JOIN LATERAL (SELECT {cols}, count(*) OVER () AS streams,"
+            " min(t.litellm_call_id) OVER () AS first_call, max(t.litellm_call_id) OVER () AS last_call"
+            f" FROM {S}.stream_traces t WHERE {condition} AND {_near('c')}"
+            f" ORDER BY t.outcome <> 'completed', t.stream_seq, t.request_start_at LIMIT 1) {alias} ON true"
+        )
+
+    # The chosen stream: all of the call's streams when a call id matched, else the streams
+    # carrying the response id (a response id alone may point at several calls: '*').
+    picked = ", ".join(
+        f"CASE WHEN req.litellm_call_id IS NOT NULL THEN req.{c} WHEN col.litellm_call_id IS NOT NULL"
+        f" THEN col.{c} ELSE resp.{c} END AS s_{c}"
+        for c in (*_TRACE_COLUMNS, "streams")
     )
+    instants = ", ".join(f"{_naive('s_' + column, 'j')} AS i_{p}" for p, column in POLICY_COLUMNS.items())
     return (
         "WITH cand AS MATERIALIZED ("
         ' SELECT request_id, call_type, "startTime" AS start_time, "endTime" AS end_time,'
@@ -114,55 +140,32 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         ' AND ("completionStartTime" IS NULL'
         ' OR abs(extract(epoch FROM ("endTime" - "completionStartTime"))) * 1000 <= :tolerance_ms)'
         ' ORDER BY "startTime", request_id LIMIT :limit'
-        "), bounds AS ("
-        f" SELECT (min(start_time) AT TIME ZONE 'UTC') - {slack} AS lo,"
-        f" (max(end_time) AT TIME ZONE 'UTC') + {slack} AS hi FROM cand"
-        "), tr AS MATERIALIZED ("
-        # The three joins each reach stream_traces through an index; UNION removes a stream
-        # that two of them found.
-        f" SELECT {cols} FROM {S}.stream_traces t"
-        " JOIN (SELECT DISTINCT request_id FROM cand) c ON t.litellm_call_id = c.request_id"
-        f" WHERE {trace_filter}"
-        f" UNION SELECT {cols} FROM {S}.stream_traces t"
-        " JOIN (SELECT DISTINCT col_id FROM cand WHERE col_id IS NOT NULL) c ON t.litellm_call_id = c.col_id"
-        f" WHERE {trace_filter}"
-        f" UNION SELECT {cols} FROM {S}.stream_traces t"
-        " JOIN (SELECT DISTINCT request_id FROM cand) c ON t.response_id = c.request_id"
-        f" WHERE {trace_filter}"
-        "), chosen AS ("
-        # One stream per call: the lowest stream_seq that completed, else the lowest; ties go to
-        # the earliest recording.
-        " SELECT DISTINCT ON (litellm_call_id) *, count(*) OVER (PARTITION BY litellm_call_id) AS streams"
-        " FROM tr ORDER BY litellm_call_id, outcome <> 'completed', stream_seq, request_start_at"
-        "), by_response AS ("
-        " SELECT response_id,"
-        " CASE WHEN count(DISTINCT litellm_call_id) = 1 THEN min(litellm_call_id) ELSE '*' END AS target"
-        " FROM tr WHERE response_id <> '' GROUP BY response_id"
-        "), matched AS ("
-        " SELECT c.*, c1.litellm_call_id AS j_req, c2.litellm_call_id AS j_col, r.target AS j_resp"
+        "), joined AS MATERIALIZED ("
+        # Which call each strategy points at; an empty id is no evidence and never joins.
+        " SELECT c.*, req.litellm_call_id AS j_req,"
+        " CASE WHEN c.col_id = c.request_id THEN req.litellm_call_id ELSE col.litellm_call_id END AS j_col,"
+        " CASE WHEN resp.first_call = resp.last_call THEN resp.first_call"
+        " WHEN resp.first_call IS NOT NULL THEN '*' END AS j_resp,"
+        f" {picked}"
         " FROM cand c"
-        " LEFT JOIN chosen c1 ON c1.litellm_call_id = c.request_id AND c.request_id <> ''"
-        " LEFT JOIN chosen c2 ON c2.litellm_call_id = c.col_id AND c.col_id <> ''"
-        " LEFT JOIN by_response r ON r.response_id = c.request_id"
-        "), joined AS ("
+        + streams("req", "c.request_id <> '' AND t.litellm_call_id = c.request_id")
+        + streams("col", "c.col_id <> '' AND c.col_id <> c.request_id AND t.litellm_call_id = c.col_id")
+        + streams("resp", "c.request_id <> '' AND t.response_id = c.request_id")
+        + "), traced AS ("
         # How many different calls the three strategies point at ('*' counts as one more).
-        " SELECT m.*, (m.j_req IS NOT NULL)::int + (m.j_col IS NOT NULL AND m.j_col IS DISTINCT FROM m.j_req)::int"
-        " + (m.j_resp IS NOT NULL AND m.j_resp IS DISTINCT FROM m.j_req AND m.j_resp IS DISTINCT FROM m.j_col)::int"
-        " AS n_targets,"
-        " coalesce(m.j_req, m.j_col, m.j_resp) AS target FROM matched m"
-        "), traced AS ("
-        " SELECT j.*, t.litellm_call_id AS trace_call_id, t.stream_seq, t.streams, t.outcome AS trace_outcome,"
-        f" t.chunk_count, {_naive('request_start_at')} AS request_start,"
-        f" {_naive('api_call_start_at')} AS api_call_start, {instants}"
-        " FROM joined j LEFT JOIN chosen t ON t.litellm_call_id = j.target AND j.n_targets = 1"
-        " AND j.j_resp IS DISTINCT FROM '*'"
-        "), ours AS ("
-        " SELECT co.request_id, co.start_time, bool_or(co.status = 'applied') AS applied"
-        f" FROM {S}.corrections co JOIN cand c ON co.request_id = c.request_id AND co.start_time = c.start_time"
-        " GROUP BY 1, 2"
+        " SELECT j.*, (j.j_req IS NOT NULL)::int + (j.j_col IS NOT NULL AND j.j_col IS DISTINCT FROM j.j_req)::int"
+        " + (j.j_resp IS NOT NULL AND j.j_resp IS DISTINCT FROM j.j_req AND j.j_resp IS DISTINCT FROM j.j_col)::int"
+        " AS n_targets, j.s_litellm_call_id AS trace_call_id, j.s_stream_seq AS stream_seq, j.s_streams AS streams,"
+        " j.s_outcome AS trace_outcome, j.s_chunk_count AS chunk_count,"
+        f" {_naive('s_request_start_at', 'j')} AS request_start,"
+        f" {_naive('s_api_call_start_at', 'j')} AS api_call_start,"
+        f" {instants}"
+        " FROM joined j"
         "), valued AS ("
-        f" SELECT tr2.*, CAST(tr2.i_{policy} AS timestamp(3)) AS new_cst, o.applied"
-        " FROM traced tr2 LEFT JOIN ours o ON o.request_id = tr2.request_id AND o.start_time = tr2.start_time"
+        f" SELECT r.*, CAST(r.i_{policy} AS timestamp(3)) AS new_cst, o.applied"
+        " FROM traced r CROSS JOIN LATERAL (SELECT bool_or(co.status = 'applied') AS applied"
+        f"  FROM {S}.corrections co WHERE r.n_targets = 1 AND r.j_resp IS DISTINCT FROM '*'"
+        "  AND co.request_id = r.request_id AND co.start_time = r.start_time) o"
         "), decided AS ("
         " SELECT v.*, CASE"
         f" WHEN v.j_resp = '*' OR v.n_targets > 1 THEN '{oc.AMBIGUOUS}'"
@@ -180,6 +183,42 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         f" ELSE '{oc.REPAIRED}' END AS outcome"
         " FROM valued v"
         ")"
+    )
+
+
+def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: bool) -> str:
+    """The text of one batch: decide every candidate and, when `write`, the guarded UPDATE and audit.
+
+    Parameters: since, until, call_types, tolerance_ms, limit, hold_rolled_back, run_id, policy,
+    and after_start/after_id when `keyset`. Rows: (request_id, start_time, outcome), plus one
+    (request_id, start_time, 'written') per audit row, ordered by ("startTime", request_id).
+    """
+    if policy not in POLICY_COLUMNS:
+        raise ValueError(f"unknown policy {policy!r}")
+    sql = _decided_sql(shape, policy=policy, keyset=keyset)
+    if not write:
+        return sql + " SELECT d.request_id, d.start_time, d.outcome FROM decided d ORDER BY d.start_time, d.request_id"
+    touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
+    # The UPDATE returns the decided rows it wrote, so the audit INSERT reads them directly.
+    return sql + (
+        ", updated AS ("
+        f' UPDATE {shape.qualified} AS s SET "completionStartTime" = d.new_cst{touch}'
+        f" FROM decided d WHERE d.outcome = '{oc.REPAIRED}'"
+        ' AND s.request_id = d.request_id AND s."startTime" = d.start_time'
+        ' AND s."completionStartTime" IS NOT DISTINCT FROM d.old_cst'
+        " RETURNING d.*"
+        "), audited AS ("
+        f" INSERT INTO {S}.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
+        " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)"
+        f" SELECT d.request_id, d.start_time, :run_id, :policy, d.old_cst, d.new_cst,"
+        f" {_ms('d.new_cst', 'd.start_time')}, d.trace_call_id, d.stream_seq, d.call_type, d.model_group,"
+        f" {_evidence()}"
+        " FROM updated d"
+        " RETURNING request_id, start_time"
+        ")"
+        " SELECT request_id, start_time, outcome FROM decided"
+        f" UNION ALL SELECT request_id, start_time, '{_WRITTEN}' FROM audited"
+        " ORDER BY 2, 1"
     )
 
 
@@ -203,34 +242,7 @@ def reconcile_batch(
 
     A `repaired` row the guard refused (its value changed since it was read) comes back `changed`.
     """
-    if policy not in POLICY_COLUMNS:
-        raise ValueError(f"unknown policy {policy!r}")
-    sql = _decided_sql(shape, policy=policy, keyset=after is not None)
-    if write:
-        touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
-        sql += (
-            ", updated AS ("
-            f' UPDATE {shape.qualified} AS s SET "completionStartTime" = d.new_cst{touch}'
-            f" FROM decided d WHERE d.outcome = '{oc.REPAIRED}'"
-            ' AND s.request_id = d.request_id AND s."startTime" = d.start_time'
-            ' AND s."completionStartTime" IS NOT DISTINCT FROM d.old_cst'
-            ' RETURNING s.request_id, s."startTime" AS start_time'
-            "), audited AS ("
-            f" INSERT INTO {S}.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
-            " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)"
-            f" SELECT d.request_id, d.start_time, :run_id, :policy, d.old_cst, d.new_cst,"
-            f" {_ms('d.new_cst', 'd.start_time')}, d.trace_call_id, d.stream_seq, d.call_type, d.model_group,"
-            f" {_evidence()}"
-            " FROM decided d JOIN updated u ON u.request_id = d.request_id AND u.start_time = d.start_time"
-            " RETURNING request_id, start_time"
-            ")"
-            f" SELECT d.request_id, d.start_time, CASE WHEN d.outcome = '{oc.REPAIRED}' AND a.request_id IS NULL"
-            f" THEN '{oc.CHANGED}' ELSE d.outcome END"
-            " FROM decided d LEFT JOIN audited a ON a.request_id = d.request_id AND a.start_time = d.start_time"
-            " ORDER BY d.start_time, d.request_id"
-        )
-    else:
-        sql += " SELECT d.request_id, d.start_time, d.outcome FROM decided d ORDER BY d.start_time, d.request_id"
+    sql = batch_statement(shape, policy=policy, keyset=after is not None, write=write)
     params: dict[str, Any] = {
         "since": since,
         "until": until,
@@ -245,7 +257,14 @@ def reconcile_batch(
         params["after_start"] = after.start_time
         params["after_id"] = after.request_id
     rows = conn.execute(text(sql), params).all()
-    return BatchResult([BatchRow(str(r[0]), r[1], str(r[2])) for r in rows])
+    if not write:
+        return BatchResult([BatchRow(str(r[0]), r[1], str(r[2])) for r in rows])
+    written = {(r[0], r[1]) for r in rows if r[2] == _WRITTEN}
+    # A `repaired` row the guarded UPDATE did not write changed under us: it is `changed`.
+    return BatchResult([
+        BatchRow(str(r[0]), r[1], oc.CHANGED if r[2] == oc.REPAIRED and (r[0], r[1]) not in written else str(r[2]))
+        for r in rows if r[2] != _WRITTEN
+    ])
 
 
 def decide_sql_for_tests(shape: SpendLogsShape, policy: str) -> str:

@@ -17,13 +17,11 @@ from typing import Any
 import pandas as pd
 
 from ttft_reconcile import outcomes as oc
+from ttft_reconcile.joins import JOIN_CALL_ID_COLUMN, JOIN_REQUEST_ID, JOIN_RESPONSE_ID, TRACE_JOIN_SLACK
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.timeparse import round_to_millisecond, to_naive_utc
 
 CONFIRM_WITHIN = timedelta(milliseconds=1)
-JOIN_REQUEST_ID = "request_id=litellm_call_id"
-JOIN_CALL_ID_COLUMN = "litellm_call_id column"
-JOIN_RESPONSE_ID = "request_id=response_id"
 
 # Positive evidence of a non-streaming request (no trace needed).
 _NON_STREAM_BEDROCK = re.compile(r"/model/[^/]+/(invoke|converse)(\?|$)")
@@ -85,54 +83,62 @@ def not_streaming_evidence(request_id: str, call_type: str, api_base: str | None
     return None
 
 
-def choose_streams(traces: pd.DataFrame) -> pd.DataFrame:
-    """One trace per call: the lowest stream_seq that completed, else the lowest stream_seq.
+def choose_stream(streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lowest stream_seq that completed, else the lowest stream_seq; `streams` counts them all.
 
     Ties (the same stream recorded twice with different request_start_at, which the primary key
     allows) go to the earliest recording, so the choice never depends on the order SQL returned.
     """
-    if traces.empty:
-        return traces.assign(streams=pd.Series(dtype="int64"))
-    ordered = traces.assign(_failed=traces["outcome"] != "completed").sort_values(
-        ["litellm_call_id", "_failed", "stream_seq", "request_start_at"], kind="stable"
-    )
-    counts = traces.groupby("litellm_call_id").size().rename("streams")
-    chosen = ordered.drop_duplicates("litellm_call_id", keep="first").drop(columns="_failed")
-    return chosen.join(counts, on="litellm_call_id")
+    best = min(streams, key=lambda t: (t["outcome"] != "completed", int(t["stream_seq"]),
+                                       _naive(t["request_start_at"])))
+    return {**best, "streams": len(streams)}
 
 
-def _match_call_ids(candidates: pd.DataFrame, traces: pd.DataFrame) -> list[dict[str, str]]:
-    """Per candidate: join strategy → the call id it points at ('*' when it points at several).
+@dataclass(frozen=True)
+class _Found:
+    """What the three strategies found for one row: strategy -> call id ('*': several), and the streams."""
 
-    An empty id is no evidence: it never joins (it would pair unrelated rows and streams).
-    Plain Python over column lists: per-row pandas lookups cost more than the whole batch's SQL.
-    """
-    call_ids: set[str] = set(traces["litellm_call_id"].tolist()) - {""} if not traces.empty else set()
-    by_response: dict[str, set[str]] = {}
-    if not traces.empty:
-        for response_id, call_id in zip(traces["response_id"].tolist(), traces["litellm_call_id"].tolist(),
-                                        strict=True):
+    targets: dict[str, str]
+    streams: list[dict[str, Any]]
+
+
+class _TraceIndex:
+    """The loaded traces by call id and by response id (empty ids are no evidence and never join)."""
+
+    def __init__(self, traces: pd.DataFrame) -> None:
+        self.by_call: dict[str, list[dict[str, Any]]] = {}
+        self.by_response: dict[str, list[dict[str, Any]]] = {}
+        columns = list(traces.columns)
+        for values in traces.itertuples(index=False, name=None):
+            trace = dict(zip(columns, values, strict=True))
+            if _naive(trace["request_start_at"]) is None:
+                continue  # an infinite start (a broken writer) lies in no window
+            call_id, response_id = trace["litellm_call_id"], trace["response_id"]
+            if isinstance(call_id, str) and call_id:
+                self.by_call.setdefault(call_id, []).append(trace)
             if isinstance(response_id, str) and response_id:
-                by_response.setdefault(response_id, set()).add(call_id)
-    matches: list[dict[str, str]] = []
-    for request_id, column in zip(candidates["request_id"].tolist(), candidates["litellm_call_id"].tolist(),
-                                  strict=True):
-        found: dict[str, str] = {}
-        if request_id in call_ids:
-            found[JOIN_REQUEST_ID] = request_id
-        if isinstance(column, str) and column in call_ids:
-            found[JOIN_CALL_ID_COLUMN] = column
-        responders = by_response.get(request_id)
-        if responders:
-            found[JOIN_RESPONSE_ID] = next(iter(responders)) if len(responders) == 1 else "*"
-        matches.append(found)
-    return matches
+                self.by_response.setdefault(response_id, []).append(trace)
 
+    def find(self, request_id: str, column: object, start: datetime, end: datetime) -> _Found:
+        """The row's joins, each limited to traces starting in [start - slack, end + slack) (naive UTC)."""
+        lo, hi = start - TRACE_JOIN_SLACK, end + TRACE_JOIN_SLACK
 
-def _records_by_call(chosen: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    columns = list(chosen.columns)
-    position = columns.index("litellm_call_id")
-    return {row[position]: dict(zip(columns, row, strict=True)) for row in chosen.itertuples(index=False, name=None)}
+        def near(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [t for t in traces if lo <= _naive(t["request_start_at"]) < hi]  # type: ignore[operator]
+
+        by_request = near(self.by_call.get(request_id, [])) if request_id else []
+        by_column = near(self.by_call.get(column, [])) if isinstance(column, str) and column else []
+        by_response = near(self.by_response.get(request_id, [])) if request_id else []
+        targets: dict[str, str] = {}
+        if by_request:
+            targets[JOIN_REQUEST_ID] = request_id
+        if by_column:
+            targets[JOIN_CALL_ID_COLUMN] = str(column)
+        calls = {t["litellm_call_id"] for t in by_response}
+        if calls:
+            targets[JOIN_RESPONSE_ID] = calls.pop() if len(calls) == 1 else "*"
+        # A call id finds all of the call's streams; a response id only the streams carrying it.
+        return _Found(targets, by_request or by_column or by_response)
 
 
 def _ms(delta: timedelta) -> float:
@@ -192,12 +198,11 @@ def classify_batch(
 ) -> BatchDecisions:
     """Decide every candidate. Exactly one outcome each; `changed` is decided later, by the write."""
     column = POLICY_COLUMNS[policy]
-    chosen = _records_by_call(choose_streams(traces)) if not traces.empty else None
-    matches = _match_call_ids(candidates, traces) if len(candidates) else []
+    index = _TraceIndex(traces)
     ours = set(already_ours)
     reverted = set(rolled_back)
     decisions: list[Decision] = []
-    for position, row in enumerate(candidates.itertuples(index=False)):
+    for row in candidates.itertuples(index=False):
         request_id = str(row.request_id)
         start = _naive(row.start_time)
         end = _naive(row.end_time)
@@ -207,10 +212,11 @@ def classify_batch(
         def decide(outcome: str, reason: str, **kw: Any) -> None:
             decisions.append(Decision(request_id, start, outcome, reason, **kw))  # noqa: B023
 
-        found = matches[position]
-        targets = set(found.values())
+        found = index.find(request_id, row.litellm_call_id, start, end)
+        targets = set(found.targets.values())
         if "*" in targets or len(targets) > 1:
-            decide(oc.AMBIGUOUS, "join strategies disagree: " + ", ".join(f"{k} -> {v}" for k, v in found.items()))
+            decide(oc.AMBIGUOUS, "join strategies disagree: "
+                   + ", ".join(f"{k} -> {v}" for k, v in found.targets.items()))
             continue
         if not targets:
             why = not_streaming_evidence(request_id, str(row.call_type), _text(row.api_base))
@@ -219,9 +225,8 @@ def classify_batch(
             else:
                 decide(oc.NO_TRACE, "no stream trace matches this row")
             continue
-        assert chosen is not None
-        trace = chosen[targets.pop()]
-        evidence = _evidence(trace, sorted(found))
+        trace = choose_stream(found.streams)
+        evidence = _evidence(trace, sorted(found.targets))
         instant = _naive(trace[column])
         if instant is None:
             decide(oc.NO_FIRST_TOKEN, f"the stream never had a {policy} instant", evidence=evidence)

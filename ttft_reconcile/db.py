@@ -64,11 +64,13 @@ def make_engine(url: DatabaseUrl, *, connect_timeout_s: int = 10) -> Engine:
 
 
 def apply_limits(conn: Connection, limits: SessionLimits) -> None:
-    """SET LOCAL the timeouts and application_name for the current transaction."""
+    """SET LOCAL the timeouts and application_name for the current transaction, and JIT off: the
+    batch statement's cost estimate crosses jit_above_cost, and compiling it took longer (0.35 s)
+    than running it."""
     conn.execute(
         text(
             "SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true),"
-            " set_config('application_name', :app, true)"
+            " set_config('application_name', :app, true), set_config('jit', 'off', true)"
         ),
         {
             "st": f"{int(limits.statement_timeout.total_seconds() * 1000)}ms",

@@ -19,6 +19,7 @@ from ttft_reconcile import dashboard_queries as q
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.classify import Decision, classify_batch
 from ttft_reconcile.db import inspect_spend_logs
+from ttft_reconcile.joins import TRACE_JOIN_SLACK
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.timeparse import to_aware_utc
 
@@ -149,23 +150,26 @@ def _trace(r: Any) -> TraceView:
     )
 
 
-def _traces(conn: Connection, sql: str, key: str, start: datetime) -> tuple[TraceView, ...]:
-    return tuple(_trace(r) for r in conn.execute(text(sql), {"key": key, "start": to_aware_utc(start)}).all())
+def _traces(conn: Connection, sql: str, key: str, row: SpendLogRow) -> tuple[TraceView, ...]:
+    """Traces under one strategy, in the job's window around the row (see joins.TRACE_JOIN_SLACK)."""
+    params = {"key": key, "start": to_aware_utc(row.start_time), "end": to_aware_utc(row.end_time),
+              "slack": f"{int(TRACE_JOIN_SLACK.total_seconds())} seconds"}
+    return tuple(_trace(r) for r in conn.execute(text(sql), params).all())
 
 
 def find_joins(conn: Connection, row: SpendLogRow, has_call_id_column: bool) -> tuple[JoinAttempt, ...]:
     """Run the three join strategies for one row, in the job's order."""
     joins = [JoinAttempt(JOIN_CALL_ID, row.request_id,
-                         _traces(conn, q.EXPLAIN_TRACES_BY_CALL_ID, row.request_id, row.start_time))]
+                         _traces(conn, q.EXPLAIN_TRACES_BY_CALL_ID, row.request_id, row))]
     if not has_call_id_column:
         joins.append(JoinAttempt(JOIN_SPEND_CALL_ID, None, (), "this SpendLogs has no litellm_call_id column"))
     elif row.litellm_call_id is None:
         joins.append(JoinAttempt(JOIN_SPEND_CALL_ID, None, (), "the row's litellm_call_id is NULL"))
     else:
         joins.append(JoinAttempt(JOIN_SPEND_CALL_ID, row.litellm_call_id,
-                                 _traces(conn, q.EXPLAIN_TRACES_BY_CALL_ID, row.litellm_call_id, row.start_time)))
+                                 _traces(conn, q.EXPLAIN_TRACES_BY_CALL_ID, row.litellm_call_id, row)))
     joins.append(JoinAttempt(JOIN_RESPONSE_ID, row.request_id,
-                             _traces(conn, q.EXPLAIN_TRACES_BY_RESPONSE_ID, row.request_id, row.start_time)))
+                             _traces(conn, q.EXPLAIN_TRACES_BY_RESPONSE_ID, row.request_id, row)))
     return tuple(joins)
 
 
@@ -231,10 +235,10 @@ def _verdict(
 
 
 def _unique_traces(joins: Sequence[JoinAttempt]) -> list[TraceView]:
-    seen: dict[tuple[str, int], TraceView] = {}
+    seen: dict[tuple[str, int, datetime | None], TraceView] = {}
     for join in joins:
         for t in join.traces:
-            seen.setdefault((t.litellm_call_id, t.stream_seq), t)
+            seen.setdefault((t.litellm_call_id, t.stream_seq, t.request_start_at), t)
     return list(seen.values())
 
 

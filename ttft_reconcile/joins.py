@@ -1,0 +1,20 @@
+"""How a SpendLogs row finds its stream traces: the three join strategies and their time window.
+
+Shared by the batch statement (batch_sql.py), its readable reference (classify.py) and `explain`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Final
+
+# Evidence labels of the strategies, in the job's order.
+JOIN_REQUEST_ID: Final = "request_id=litellm_call_id"
+JOIN_CALL_ID_COLUMN: Final = "litellm_call_id column"
+JOIN_RESPONSE_ID: Final = "request_id=response_id"
+
+# A trace belongs to a row only if its request_start_at lies in
+# [startTime - TRACE_JOIN_SLACK, endTime + TRACE_JOIN_SLACK) (UTC): ids are not reused within
+# days, and a wider margin keeps a capture clock or timezone error visible as `out_of_bounds`
+# instead of `no_trace`.
+TRACE_JOIN_SLACK: Final = timedelta(days=1)
