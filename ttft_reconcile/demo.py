@@ -268,7 +268,14 @@ def run_demo(options: DemoOptions, *, phase: Phase | None = None, now: datetime 
                 admin.execute(f'CREATE DATABASE "{DATABASE}"')
             url = server.url(DATABASE)
             timings["server"] = time.monotonic() - started
-            report = _populate_and_reconcile(url, options, say, timings, now or datetime.now(timezone.utc))
+            try:
+                report = _populate_and_reconcile(url, options, say, timings, now or datetime.now(timezone.utc))
+            except Exception:
+                if options.keep:  # left for inspection, as asked
+                    kept = True
+                    log.warning("demo failed; the server is kept at %s (stop it with `ttft-reconcile demo --stop %s`)",
+                                url, root)
+                raise
             kept = options.keep
             return DemoReport(url=url, kept=kept, data_dir=str(root), **report)
         finally:
@@ -300,6 +307,9 @@ def _populate_and_reconcile(url: str, options: DemoOptions, say: Phase, timings:
         synth = write_synthetic(conn, SynthSpec(rows=options.rows, since=since, until=until, seed=options.seed,
                                                 era=options.era))
         conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:  # as autovacuum would, after a bulk load
+        conn.execute('ANALYZE "LiteLLM_SpendLogs"')
+        conn.execute("ANALYZE ttft_reconcile.stream_traces")
     timings["write"] = time.monotonic() - mark
     settings = JobSettings(database=database, policy=options.policy)
     with psycopg.connect(url) as conn:
