@@ -1,3 +1,3 @@
-from ttft_reconcile.cli import main
+from ttft_reconcile.entry import main
 
 main()

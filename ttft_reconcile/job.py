@@ -49,6 +49,12 @@ RUN_LANE = "run"
 ROLLBACK_LANE = "rollback"
 # A run row still `running` with no heartbeat for this long belongs to a killed process.
 ABANDONED_AFTER = timedelta(hours=1)
+# A throttled batch wait heartbeats at least this often.
+KEEPALIVE_EVERY = timedelta(seconds=20)
+# A running run heartbeats with every batch, every KEEPALIVE_EVERY of a throttle wait and every
+# refreshed day, so one silent this long is dead to `rollback` (and `--force` overrides).
+LIVE_WITHIN = timedelta(minutes=15)
+REFRESH_TIMEOUT = timedelta(minutes=10)
 HELD_SLICE_POLL = timedelta(seconds=1)
 
 
@@ -158,15 +164,17 @@ def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
     )
 
 
-def _refresh_days(engine: Engine, settings: JobSettings, days: set[date]) -> None:
+def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id: int) -> None:
+    """Rebuild ttft_daily for the touched UTC days, one day per transaction, heartbeating each."""
     if not days or settings.dry_run:
         return
-    try:
-        from ttft_reconcile import dashboard
-    except ImportError:  # pragma: no cover
-        return
-    with transaction(engine, replace(settings.limits, statement_timeout=timedelta(minutes=10))) as conn:
-        dashboard.refresh_ttft_daily(conn, sorted(days))
+    from ttft_reconcile import dashboard
+
+    limits = replace(settings.limits, statement_timeout=max(settings.limits.statement_timeout, REFRESH_TIMEOUT))
+    for day in sorted(days):
+        with transaction(engine, limits) as conn:
+            queries.heartbeat_run(conn, run_id)
+            dashboard.refresh_ttft_daily(conn, [day])
 
 
 def _new_run(
@@ -216,16 +224,32 @@ def _log_follow_up_failure(what: str, error: sa_exc.SQLAlchemyError) -> None:
     log.log(level, "could not %s: %s", what, described)
 
 
-def _throttle(settings: JobSettings, scanned: int, started: float) -> None:
+def _throttle(ctx: _Context, scanned: int, started: float, keepalive: KeepAlive | None) -> None:
+    """Hold the batch rate to --max-rows-per-second. A stop request ends the wait at once; a long
+    wait heartbeats (every KEEPALIVE_EVERY, or a third of a shorter slice lease or lane lease) so
+    the run looks alive and no other worker reclaims its slice or lane."""
+    settings = ctx.settings
     if not settings.max_rows_per_second or scanned <= 0:
         return
-    wanted = scanned / settings.max_rows_per_second
-    spent = time.monotonic() - started
-    if wanted > spent:
-        time.sleep(wanted - spent)
+    deadline = started + scanned / settings.max_rows_per_second
+    every = min(KEEPALIVE_EVERY, settings.slice_lease / 3, settings.lease_ttl / 3)
+    while not ctx.stop.requested:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        _pause(ctx.stop, min(every, timedelta(seconds=left)))
+        if ctx.stop.requested or deadline - time.monotonic() <= 0:
+            return
+        with transaction(ctx.engine, settings.limits) as conn:
+            if ctx.lock is not None:
+                ctx.lock.renew(conn)
+            queries.heartbeat_run(conn, ctx.run_id)
+            if keepalive is not None:
+                keepalive(conn)
 
 
 CommitHook = Callable[[Connection, Position, int], None]
+KeepAlive = Callable[[Connection], None]
 
 
 def _reconcile_range(
@@ -236,6 +260,7 @@ def _reconcile_range(
     until: datetime,
     after: Position | None,
     on_commit: CommitHook | None,
+    keepalive: KeepAlive | None = None,
     slices: tuple[int, int] = (0, 0),
 ) -> bool:
     """Walk [since, until) (naive UTC) in keyset batches; returns False when stopped by a signal."""
@@ -245,6 +270,7 @@ def _reconcile_range(
         if ctx.stop.requested:
             return False
         started = time.monotonic()
+        ctx.stop.in_batch = True
         with transaction(ctx.engine, settings.limits) as conn:
             if ctx.lock is not None:
                 ctx.lock.renew(conn)
@@ -264,6 +290,7 @@ def _reconcile_range(
                 write=not settings.dry_run,
             )
             if batch.last is None:
+                ctx.stop.in_batch = False
                 return True
             scanned = len(batch.rows)
             counts = batch.counts()
@@ -271,6 +298,7 @@ def _reconcile_range(
             position = batch.last
             if on_commit is not None and not settings.dry_run:
                 on_commit(conn, position, scanned)
+        ctx.stop.in_batch = False
         tally.add(scanned, counts)
         tally.days.update(row.start_time.date() for row in batch.rows)
         if ctx.progress is not None:
@@ -287,7 +315,7 @@ def _reconcile_range(
                     slices_total=slices[1],
                 )
             )
-        _throttle(settings, scanned, started)
+        _throttle(ctx, scanned, started, keepalive)
         if scanned < settings.batch_size:
             return True
 
@@ -330,7 +358,8 @@ def _summary(
     )
 
 
-def _guarded(engine: Engine, settings: JobSettings, run_id: int, body: Callable[[], RunSummary]) -> RunSummary:
+def _guarded(engine: Engine, settings: JobSettings, run_id: int, body: Callable[[], RunSummary],
+             stop: StopFlag | None = None) -> RunSummary:
     """Run `body`, recording failure or interruption on the run row before re-raising."""
     try:
         summary = body()
@@ -338,14 +367,20 @@ def _guarded(engine: Engine, settings: JobSettings, run_id: int, body: Callable[
         _finish_run(engine, settings, run_id, "interrupted", "stopped by signal")
         raise
     except KeyboardInterrupt:
-        _finish_run(engine, settings, run_id, "interrupted", "interrupted; open transaction rolled back")
-        raise
+        # A second signal: whatever batch was open rolled back; between batches nothing was open.
+        what = ("the open batch transaction was rolled back" if stop is None or stop.in_batch
+                else "no batch was open; every batch written so far is committed")
+        _finish_run(engine, settings, run_id, "interrupted", f"interrupted; {what}")
+        raise Interrupted(f"interrupted; {what}; run {run_id} recorded as interrupted; re-run to resume") from None
     except sa_exc.SQLAlchemyError as error:
         translated = describe_db_error(error, settings.database)
         _finish_run(engine, settings, run_id, "failed", str(translated))
         raise translated from error
     except ReconcileError as error:
         _finish_run(engine, settings, run_id, "failed", str(error))
+        raise
+    except Exception as error:
+        _finish_run(engine, settings, run_id, "failed", f"{type(error).__name__}: {error}")
         raise
     _finish_run(engine, settings, run_id, summary.status)
     return summary
@@ -408,11 +443,11 @@ def run_incremental(
                     with transaction(engine, settings.limits) as conn:
                         lock.renew(conn)
                         queries.write_checkpoint(conn, RUN_LANE, Position(until, ""), run_id)
-                _refresh_days(engine, settings, tally.days)
+                _refresh_days(engine, settings, tally.days, run_id)
                 return _summary(run_id, "run", settings, tally, since=since, until=until, started=started,
                                 status="succeeded", checkpoint=until)
 
-            return _guarded(engine, settings, run_id, body)
+            return _guarded(engine, settings, run_id, body, stop)
     finally:
         engine.dispose()
 
@@ -477,7 +512,7 @@ def _dry_run_window(
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
                             status="succeeded")
 
-        return _guarded(engine, settings, run_id, body)
+        return _guarded(engine, settings, run_id, body, stop)
     finally:
         engine.dispose()
 
@@ -548,14 +583,18 @@ def _backfill_worker(
                 log.info("slice %d of backfill %d: %s .. %s", piece.slice_no, backfill_id,
                          piece.since.isoformat(), piece.until.isoformat())
 
-                def on_commit(conn: Connection, position: Position, scanned: int, piece: queries.Slice = piece) -> None:
+                def on_commit(conn: Connection, position: Position | None, scanned: int,
+                              piece: queries.Slice = piece) -> None:
                     if not queries.advance_slice(conn, piece, settings.worker, position, scanned):
                         raise SliceLost(f"slice {piece.slice_no} was taken over by another worker")
+
+                def keepalive(conn: Connection, piece: queries.Slice = piece) -> None:
+                    on_commit(conn, None, 0, piece)  # heartbeat only: the position stays
 
                 try:
                     finished = _reconcile_range(
                         ctx, tally, since=to_naive_utc(piece.since), until=to_naive_utc(piece.until),
-                        after=piece.position, on_commit=on_commit, slices=(done, total_now),
+                        after=piece.position, on_commit=on_commit, keepalive=keepalive, slices=(done, total_now),
                     )
                 except (ReconcileError, sa_exc.SQLAlchemyError, KeyboardInterrupt):
                     _release(engine, settings, piece)
@@ -572,11 +611,11 @@ def _backfill_worker(
                 raise _interrupted(stop, tally, run_id)
             with transaction(engine, settings.limits) as conn:
                 queries.finish_backfill_if_done(conn, backfill_id)
-            _refresh_days(engine, settings, tally.days)
+            _refresh_days(engine, settings, tally.days, run_id)
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
                             status="succeeded", message=note)
 
-        return _guarded(engine, settings, run_id, body)
+        return _guarded(engine, settings, run_id, body, stop)
     finally:
         engine.dispose()
 
@@ -727,8 +766,11 @@ def rollback(
     since: datetime | None = None,
     until: datetime | None = None,
     stop: StopFlag | None = None,
+    force: bool = False,
 ) -> RunSummary:
-    """Restore the exact old values of a run's (or a window's) corrections, where still ours."""
+    """Restore the exact old values of a run's (or a window's) corrections, where still ours.
+
+    Refuses (LaneHeld) while an overlapping run looks alive, unless `force`."""
     if run_id is None and (since is None or until is None):
         raise UsageError("rollback needs --run-id N, or both --since and --until")
     if run_id is not None and (since is not None or until is not None):
@@ -747,12 +789,14 @@ def rollback(
             if target["mode"] == "rollback":
                 raise UsageError(f"run {run_id} is itself a rollback; roll back the run it undid by re-running it")
         with transaction(engine, settings.limits) as conn:
-            busy = queries.live_runs(conn, run_id=run_id, since=since, until=until, silent_for=ABANDONED_AFTER)
-        if busy:
+            busy = queries.live_runs(conn, run_id=run_id, since=since, until=until, silent_for=LIVE_WITHIN)
+        if busy and not force:
             # Rolling back under a live run would undo only what it had written so far.
+            minutes = int(LIVE_WITHIN.total_seconds() // 60)
+            runs = f"run {busy[0]} is" if len(busy) == 1 else f"runs {', '.join(map(str, busy))} are"
             raise LaneHeld(
-                f"run {', '.join(map(str, busy))} is still writing corrections here; wait for it to finish"
-                " (or stop it), then roll back"
+                f"{runs} still writing corrections here (heartbeat within {minutes} min); wait for them to"
+                " finish or stop them, then roll back (--force if you know they are dead)"
             )
         mode = resolve_mode(settings.lock_mode, settings.database.pgbouncer)
         with hold_lane(engine, ROLLBACK_LANE, mode=mode, holder=settings.worker, ttl=settings.lease_ttl,
@@ -785,13 +829,13 @@ def rollback(
                     if result.last is None or result.selected < settings.batch_size:
                         break
                     after = result.last
-                _refresh_days(engine, settings, tally.days)
+                _refresh_days(engine, settings, tally.days, this_run)
                 return _summary(this_run, "rollback", settings, tally, since=since, until=until,
                                 started=started, status="succeeded", policy="rollback",
                                 message=("would roll back" if settings.dry_run else "rolled back")
                                 + (f" run {run_id}" if run_id else " the window")
                                 + (" (dry run: nothing changed)" if settings.dry_run else ""))
 
-            return _guarded(engine, settings, this_run, body)
+            return _guarded(engine, settings, this_run, body, stop)
     finally:
         engine.dispose()

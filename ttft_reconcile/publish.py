@@ -43,10 +43,12 @@ def publish_run(summary: RunSummary, job: JobSettings, settings: PublishSettings
     return metrics.publish_success(summary, settings, quantiles=window_quantiles(summary, job))
 
 
-def publish_failed_run(mode: str, job: JobSettings, settings: PublishSettings) -> None:
-    """POST the failure gauges; a publishing error here is logged, the job's own error wins."""
+def publish_failed_run(mode: str, job: JobSettings, settings: PublishSettings) -> str | None:
+    """POST the failure gauges. Returns why they could not be published (the caller adds it to
+    the job's own error line, which wins), or None."""
     try:
         metrics.publish_failure(mode, settings, now=datetime.now(timezone.utc), worker=job.worker,
                                 dry_run=job.dry_run)
     except PublishFailed as error:
-        log.warning("failure metrics not published: %s", error)
+        return f"failure metrics not published either: {error}"
+    return None

@@ -15,6 +15,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.in_batch = False  # a batch transaction is open (what a second signal rolls back)
 
     def request(self, reason: str) -> None:
         self.reason = reason

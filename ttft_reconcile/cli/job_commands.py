@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -32,6 +33,8 @@ from ttft_reconcile.settings import JobSettings
 from ttft_reconcile.signals import StopFlag, graceful_signals
 from ttft_reconcile.summary import RunSummary
 from ttft_reconcile.timeparse import parse_instant
+
+log = logging.getLogger(__name__)
 
 
 @click.command("migrate")
@@ -101,10 +104,14 @@ def run_and_publish(kwargs: dict[str, Any], mode: str, work: Callable[[JobSettin
         summary = work(settings)
     except ReconcileError as error:
         if error.exit_code in (EXIT_FAILED, EXIT_INTERRUPTED):
-            publish.publish_failed_run(mode, settings, targets)
+            note = publish.publish_failed_run(mode, settings, targets)
+            if note:  # one line: the job's error, then why the gateway did not hear of it
+                error.args = (f"{error}; {note}",)
         raise
     except (sa_exc.SQLAlchemyError, psycopg.Error, KeyboardInterrupt):
-        publish.publish_failed_run(mode, settings, targets)
+        note = publish.publish_failed_run(mode, settings, targets)
+        if note:
+            log.warning("%s", note)
         raise
     print_summary(summary, kwargs["as_json"])
     result = publish.publish_run(summary, settings, targets)
@@ -200,11 +207,14 @@ def backfill_command(since: str, until: str, workers: int, restart: bool, slice_
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
               help="Corrections per transaction.")
 @click.option("--dry-run", is_flag=True, help="Count what would be restored; change nothing.")
+@click.option("--force", is_flag=True,
+              help="Roll back even though an overlapping run heartbeated in the last 15 minutes (only when you "
+                   "know it is dead: a live backfill would re-apply what you undo).")
 @click.option("--lock-mode", type=click.Choice(["auto", "advisory", "lease"]), default="auto", show_default=True,
               envvar="TTFT_RECONCILE_LOCK_MODE", help="Lane lock (see `run --help`).")
 @publish_options
 @output_options
-def rollback_command(run_id: int | None, since: str | None, until: str | None, **kwargs: Any) -> None:
+def rollback_command(run_id: int | None, since: str | None, until: str | None, force: bool, **kwargs: Any) -> None:
     """Restore the exact old completionStartTime values a run (or window) wrote.
 
     Only rows whose value is still ours are restored; others are counted
@@ -219,7 +229,7 @@ def rollback_command(run_id: int | None, since: str | None, until: str | None, *
         with graceful_signals(StopFlag()) as stop:
             return job.rollback(
                 settings, run_id=run_id, since=_instant(since, "--since"), until=_instant(until, "--until"),
-                stop=stop,
+                stop=stop, force=force,
             )
 
     execute(kwargs, lambda: run_and_publish(kwargs, "rollback", work))

@@ -18,6 +18,10 @@ from ttft_reconcile.timeparse import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MIN_ROWS_PER_SECOND = 0.1
+# Postgres keeps statement_timeout and lock_timeout as int milliseconds.
+LONGEST_TIMEOUT = timedelta(milliseconds=2**31 - 1)
+
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(func: F) -> F:
@@ -52,9 +56,11 @@ database_options = _compose(
         help="LiteLLM's Postgres (Prisma URLs accepted; ?schema= says where LiteLLM's tables are).",
     ),
     click.option("--statement-timeout", type=DURATION, default="30s", show_default=True,
-                 envvar="TTFT_RECONCILE_STATEMENT_TIMEOUT", help="Per-statement limit (SET LOCAL)."),
+                 envvar="TTFT_RECONCILE_STATEMENT_TIMEOUT",
+                 help="Per-statement limit (SET LOCAL); 0 means none, else 1ms to 24d."),
     click.option("--lock-timeout", type=DURATION, default="5s", show_default=True,
-                 envvar="TTFT_RECONCILE_LOCK_TIMEOUT", help="Longest wait for a row or table lock."),
+                 envvar="TTFT_RECONCILE_LOCK_TIMEOUT",
+                 help="Longest wait for a row or table lock; 0 means none, else 1ms to 24d."),
 )
 
 output_options = _compose(
@@ -75,8 +81,9 @@ job_options = _compose(
                  envvar="TTFT_RECONCILE_CALL_TYPES", help="Comma-separated SpendLogs call_type values."),
     click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
                  envvar="TTFT_RECONCILE_BATCH_SIZE", help="Candidate rows per transaction."),
-    click.option("--max-rows-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
-                 envvar="TTFT_RECONCILE_MAX_ROWS_PER_SECOND", help="Throttle scanned rows (default: no limit)."),
+    click.option("--max-rows-per-second", type=click.FloatRange(min=MIN_ROWS_PER_SECOND), default=None,
+                 envvar="TTFT_RECONCILE_MAX_ROWS_PER_SECOND",
+                 help=f"Throttle scanned rows, at least {MIN_ROWS_PER_SECOND} (default: no limit)."),
     click.option("--dry-run", is_flag=True, help="Classify and count only; writes nothing but its run record."),
     click.option("--lock-mode", type=click.Choice(["auto", "advisory", "lease"]), default="auto",
                  show_default=True, envvar="TTFT_RECONCILE_LOCK_MODE",
@@ -128,8 +135,19 @@ def parse_call_types(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _timeout(kwargs: dict[str, Any], name: str) -> timedelta:
+    value: timedelta = kwargs[name]
+    flag = "--" + name.replace("_", "-")
+    if value and value < timedelta(milliseconds=1):
+        raise UsageError(f"{flag} {value.total_seconds()}s is below 1 ms (0 turns the timeout off)")
+    if value > LONGEST_TIMEOUT:
+        raise UsageError(f"{flag} is longer than Postgres allows (24 days); 0 turns the timeout off")
+    return value
+
+
 def session_limits(kwargs: dict[str, Any]) -> SessionLimits:
-    return SessionLimits(statement_timeout=kwargs["statement_timeout"], lock_timeout=kwargs["lock_timeout"])
+    return SessionLimits(statement_timeout=_timeout(kwargs, "statement_timeout"),
+                         lock_timeout=_timeout(kwargs, "lock_timeout"))
 
 
 def job_settings(kwargs: dict[str, Any], *, progress: bool = False) -> JobSettings:

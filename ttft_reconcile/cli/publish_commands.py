@@ -23,6 +23,7 @@ from ttft_reconcile.cli.options import (
 from ttft_reconcile.cli.runner import echo_json, execute
 from ttft_reconcile.dashboard import read_settings
 from ttft_reconcile.db import make_engine, transaction
+from ttft_reconcile.dburl import DatabaseUrl
 from ttft_reconcile.errors import ReconcileError, UsageError
 from ttft_reconcile.policies import DEFAULT_POLICY, POLICIES
 from ttft_reconcile.report import build_report
@@ -70,9 +71,11 @@ def report_command(since: str | None, until: str | None, fmt: str, plot: str | N
         if plot and importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install 'ttft-reconcile[plot]'")
         start, end = _window(since, until, default_days=7)
-        engine = make_engine(parse_url(kwargs["database_url"]))
+        url = parse_url(kwargs["database_url"])
+        engine = make_engine(url)
         try:
             with transaction(engine, session_limits(kwargs)) as conn:
+                _check_configured_schema(url, read_settings(conn))
                 result = build_report(conn, start, end)
         finally:
             engine.dispose()
@@ -86,6 +89,17 @@ def report_command(since: str | None, until: str | None, fmt: str, plot: str | N
             click.echo(f"wrote {plot}", err=True)
 
     execute(kwargs, action)
+
+
+def _check_configured_schema(url: DatabaseUrl, stored: dict[str, object]) -> None:
+    """The report reads LiteLLM's table where the job's runs configured it; a URL naming another
+    schema (?schema=) would silently report on the wrong one."""
+    configured = str(stored.get("litellm_schema") or "public")
+    if "schema" in url.dropped and url.litellm_schema != configured:
+        raise UsageError(
+            f"the URL says LiteLLM's tables are in schema {url.litellm_schema!r}, but the job is configured"
+            f" for {configured!r} (its last run); run `ttft-reconcile run` with this URL first, or drop ?schema="
+        )
 
 
 def _stored_job_settings(stored: dict[str, object]) -> tuple[tuple[str, ...], float]:
