@@ -58,3 +58,14 @@ def test_a_failed_run_and_a_dead_gateway_make_one_line(pg_admin_url: str) -> Non
         assert "LiteLLM_SpendLogs" in lines[0] and "failure metrics not published either" in lines[0]
     finally:
         services.drop_database(pg_admin_url, name)
+
+
+@pytest.mark.parametrize("args", [
+    ("explain", "some-id", "--tolerance-ms", "nan"),
+    ("run", "--pushgateway", "127.0.0.1:99999"),
+    ("report", "--format", "csv", "--json"),
+])
+def test_contradictory_or_impossible_flags_are_usage_errors(db_url: str, args: tuple[str, ...]) -> None:
+    result = invoke(*args, "--database-url", db_url)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("ttft-reconcile: "), result.output

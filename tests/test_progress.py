@@ -38,4 +38,9 @@ def test_tty_redraws_one_line_and_slices_drive_the_fraction() -> None:
     printer.close()
     text = out.getvalue()
     assert text.count("\r\x1b[2K") == 2 and text.endswith("\n")
-    assert "75.0%" in text and "slices 3/4" in text
+    assert "77.1%" in text and "slices 3/4" in text  # 3 slices done, a twelfth of the fourth
+
+
+def test_a_one_slice_backfill_moves_before_it_finishes() -> None:
+    assert ProgressPrinter.fraction(progress(10, 12, slices_done=0, slices_total=1)) == 0.5
+    assert ProgressPrinter.fraction(progress(10, 12, slices_done=1, slices_total=1)) == 1.0

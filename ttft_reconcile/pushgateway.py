@@ -93,6 +93,7 @@ def check_address(address: str) -> str:
     wrong = f"not a Pushgateway address: {shown(address)} (use host:port or http(s)://host:port)"
     try:
         parts = urlsplit(_with_scheme(address))
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0..65535
     except ValueError:
         raise UsageError(wrong) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -50,14 +50,15 @@ class ProgressPrinter:
 
     @staticmethod
     def fraction(progress: Progress) -> float | None:
-        if progress.slices_total:
-            return min(1.0, progress.slices_done / progress.slices_total)
-        if progress.position is None:
-            return None
+        """Share done: by position in [since, until) (the current slice's, for a backfill), and for
+        a backfill also by slices, so a one-slice window moves before it finishes."""
+        within = None
         span = (progress.until - progress.since).total_seconds()
-        if span <= 0:
-            return None
-        return min(1.0, max(0.0, (progress.position - progress.since).total_seconds() / span))
+        if progress.position is not None and span > 0:
+            within = min(1.0, max(0.0, (progress.position - progress.since).total_seconds() / span))
+        if progress.slices_total:
+            return min(1.0, (progress.slices_done + (within or 0.0)) / progress.slices_total)
+        return within
 
     def describe(self, progress: Progress, elapsed_s: float) -> str:
         share = self.fraction(progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
@@ -79,6 +80,8 @@ def report_command(since: str | None, until: str | None, fmt: str, plot: str | N
                 result = build_report(conn, start, end)
         finally:
             engine.dispose()
+        if kwargs["as_json"] and fmt not in ("table", "json"):
+            raise UsageError(f"--json and --format {fmt} disagree: pass one of them")
         chosen = "json" if kwargs["as_json"] else fmt
         render = {"table": report_format.as_table, "csv": report_format.as_csv, "json": report_format.as_json}
         click.echo(render[chosen](result), nl=False)
@@ -133,6 +136,8 @@ def explain_command(request_id: str, policy: str, tolerance_ms: float | None, ca
     def action() -> None:
         from ttft_reconcile import explain as explain_mod  # pandas: imported only for this command
 
+        if tolerance_ms is not None and math.isnan(tolerance_ms):
+            raise UsageError("--tolerance-ms must be a number, not nan")
         url = parse_url(kwargs["database_url"])
         engine = make_engine(url)
         try:
