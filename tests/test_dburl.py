@@ -102,3 +102,54 @@ def test_socket_url_connects(pg_admin_url: str) -> None:
             assert conn.execute(text("SELECT 1")).scalar() == 1
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("password", ["e", "t", "on", "database", "127.0.0.1"])
+def test_scrub_masks_by_place_never_by_text(password: str) -> None:
+    """Replacing the password's text wherever it occurs shows it (`e`: "cannot us*** th*** databas***")."""
+    message = 'cannot use the database: connection to server at "127.0.0.1", port 5433 failed: Connection refused'
+    assert scrub(message, password) == message
+    assert scrub(f"postgresql://u:{password}@h/db: {message}", password) == f"postgresql://u:***@h/db: {message}"
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("could not use postgresql://u:p@ss#word@host/db now", "could not use postgresql://u:***@host/db now"),
+        ('connection to "postgres://u:a/b?c@d@host:5432/db" failed',
+         'connection to "postgres://u:***@host:5432/db" failed'),
+        ("URL postgresql+psycopg://llm:s3cr%40t@db.internal:6432/litellm?sslmode=require",
+         "URL postgresql+psycopg://llm:***@db.internal:6432/litellm?sslmode=require"),
+        ("URL postgresql+psycopg2://llm:hunter2@db/x, retrying", "URL postgresql+psycopg2://llm:***@db/x, retrying"),
+        ("POSTGRESQL://llm:Hunter2@db/x", "POSTGRESQL://llm:***@db/x"),
+        ("postgresql://u@h/db?sslmode=require&password=hunter2&application_name=x",
+         "postgresql://u@h/db?sslmode=require&password=***&application_name=x"),
+        ("postgresql://u@h/db?PASSWORD=hunter2", "postgresql://u@h/db?PASSWORD=***"),
+        ("host=h password=hunter2 user=u", "host=h password=*** user=u"),
+        ("host=h password = 'two words' user=u", "host=h password = *** user=u"),
+        (r"host=h password='it\'s me' user=u", "host=h password=*** user=u"),
+        ("host=h password='never closed", "host=h password=***"),
+        ("PGPASSWORD=hunter2 psql", "PGPASSWORD=*** psql"),
+    ],
+)
+def test_scrub_masks_every_url_and_keyword_password(message: str, expected: str) -> None:
+    assert scrub(message) == expected
+
+
+def test_scrub_keeps_what_is_not_a_password() -> None:
+    message = 'postgresql://u@h/db?sslmode=require&password=x&application_name=job failed for user "u"'
+    assert scrub(message) == 'postgresql://u@h/db?sslmode=require&password=***&application_name=job failed for user "u"'
+    assert scrub("mail me at ops@example.com: https://grafana/x") == "mail me at ops@example.com: https://grafana/x"
+
+
+def test_redact_masks_to_the_last_at_sign() -> None:
+    assert redact("http://u:p@ss@gateway:9091") == "http://u:***@gateway:9091"
+    assert redact("postgresql:///litellm?host=/run/postgresql") == "postgresql:///litellm?host=/run/postgresql"
+
+
+@pytest.mark.parametrize("raw", ["postgresql://u:p%zzw@127.0.0.1/db", "postgresql://u:two words@127.0.0.1/db"])
+def test_passwords_libpq_would_quote_back_are_rejected_first(raw: str) -> None:
+    """libpq's own complaint about these quotes the password ("invalid percent-encoded token: "p%zzw"")."""
+    with pytest.raises(DatabaseUrlError, match="percent-encode") as error:
+        parse_database_url(raw)
+    assert "zz" not in str(error.value) and "words" not in str(error.value)

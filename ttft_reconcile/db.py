@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
+from urllib.parse import unquote
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from ttft_reconcile.dburl import DatabaseUrl, scrub
-from ttft_reconcile.errors import DatabaseUnavailable, ReconcileError, SchemaMissing
+from ttft_reconcile.errors import DatabaseUnavailable, ReconcileError, SchemaMissing, UsageError
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
 APPLICATION_NAME = "ttft_reconcile"
+OUR_SCHEMA = "ttft_reconcile"
+DEFAULT_CONNECT_TIMEOUT_S = 10
+MIGRATE_HINT = "run `ttft-reconcile migrate` first"
+
+# libpq's (and psycopg's) complaints about a connection parameter: raised while parsing the URL or
+# at connect time before any server is asked, so they carry no SQLSTATE.
+_BAD_PARAMETER = re.compile(
+    r"invalid URI query parameter|invalid connection option|missing key/value separator"
+    r"|invalid percent-encoded token|unexpected spaces found|missing \"=\" after|unterminated quoted string"
+    r"|end of string reached when looking for|invalid URI|invalid \"?\w+\"? value|invalid \w+ method"
+    r"|invalid integer value .* for connection option|invalid port number|could not match \d+ port numbers"
+    r"|bad value for connect_timeout|unrecognized configuration parameter|invalid value for parameter"
+)
+_QUOTED = re.compile(r'"([^"]*)"')
+_MISSING_RELATION = re.compile(r'relation "(?:(?P<schema>[^"]+?)\.)?(?P<table>[^".]+)" does not exist')
+_MISSING_SCHEMA = re.compile(r'schema "(?P<schema>[^"]+)" does not exist')
+_PERCENT_ENCODE = (
+    "percent-encode special characters in the user name and password"
+    " (# as %23, ? as %3F, / as %2F, @ as %40, % as %25, & as %26, space as %20)"
+)
 
 
 @dataclass(frozen=True)
@@ -51,16 +75,57 @@ class SpendLogsShape:
         return f'"{self.schema}"."{SPEND_LOGS}"'
 
 
-def make_engine(url: DatabaseUrl, *, connect_timeout_s: int = 10) -> Engine:
+def make_engine(url: DatabaseUrl, *, connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S) -> Engine:
     """A NullPool engine (a cron job gains nothing from a pool) on psycopg 3.
 
-    Behind a transaction pooler (`pgbouncer=true`) psycopg's automatic prepared
-    statements are disabled, since the next transaction may land on another server.
+    The URL's parameters are checked first (UsageError for any libpq rejects); its own
+    `connect_timeout` wins over `connect_timeout_s`. Behind a transaction pooler
+    (`pgbouncer=true`) psycopg's automatic prepared statements are disabled, since the next
+    transaction may land on another server.
     """
-    connect_args: dict[str, object] = {"connect_timeout": connect_timeout_s}
+    connect_args: dict[str, object] = {}
+    if not connection_parameters(url).get("connect_timeout"):
+        connect_args["connect_timeout"] = connect_timeout_s
     if url.pgbouncer:
         connect_args["prepare_threshold"] = None
     return create_engine(url.sqlalchemy, poolclass=NullPool, connect_args=connect_args)
+
+
+def connection_parameters(url: DatabaseUrl) -> dict[str, Any]:
+    """The URL's libpq parameters as libpq parses them; UsageError (password-free) for a URL it rejects."""
+    try:
+        params = conninfo_to_dict(url.libpq)
+    except psycopg.Error as error:
+        raise bad_url(str(error), _password_texts(url.libpq)) from None
+    timeout = params.get("connect_timeout")
+    if timeout:
+        try:
+            int(float(str(timeout)))
+        except ValueError:
+            raise UsageError(
+                f"the database URL is not valid: connect_timeout must be a number of seconds, not {timeout!r}"
+            ) from None
+    return params
+
+
+def bad_url(message: str, passwords: list[str]) -> UsageError:
+    """The usage error for libpq's complaint `message` about a URL: libpq's own words, unless it
+    quotes a piece of the URL that is (part of) a password."""
+    line = message.strip().splitlines()[0] if message.strip() else "libpq rejected it"
+    found = _BAD_PARAMETER.search(line)
+    detail = re.sub(r"^(?:FATAL|ERROR):\s+", "", line[found.start() :] if found else line)
+    if any(quoted and password and quoted in password for quoted in _QUOTED.findall(detail) for password in passwords):
+        detail = _PERCENT_ENCODE
+    return UsageError(f"the database URL is not valid: {scrub(detail)}")
+
+
+def _password_texts(libpq: str) -> list[str]:
+    """The password of a URL as written and decoded: the userinfo's and each `password=` value."""
+    head, _, query = libpq.partition("?")
+    userinfo = head.split("://", 1)[-1].rpartition("@")[0]
+    found = [userinfo.partition(":")[2]]
+    found += [pair.split("=", 1)[1] for pair in query.split("&") if pair.lower().startswith("password=")]
+    return [text for raw in found if raw for text in (raw, unquote(raw))]
 
 
 def apply_limits(conn: Connection, limits: SessionLimits) -> None:
@@ -122,13 +187,48 @@ def inspect_spend_logs(conn: Connection, schema: str) -> SpendLogsShape:
 
 
 def describe_db_error(error: BaseException, url: DatabaseUrl | None = None, password: str = "") -> ReconcileError:
-    """Turn a driver/SQLAlchemy error into one clear, password-free line."""
+    """Turn a driver/SQLAlchemy error into one clear, password-free line.
+
+    A connection parameter libpq rejects is a UsageError (exit 2); a missing table or schema a
+    SchemaMissing with a hint at the missing piece: LiteLLM's table, or our migrations. `password`
+    (and the URL's) only keeps a libpq message that quotes a piece of it from being shown.
+    """
     original = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
     message = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-    message = scrub(message, password)
+    if (
+        isinstance(original, (psycopg.ProgrammingError, psycopg.OperationalError))
+        and getattr(original, "sqlstate", None) is None
+        and _BAD_PARAMETER.search(message)
+    ):
+        return bad_url(message, [password, *(_password_texts(url.libpq) if url is not None else [])])
+    message = scrub(message)
     where = f" ({url.redacted})" if url is not None else ""
     if isinstance(original, psycopg.OperationalError) and not isinstance(original, psycopg.errors.QueryCanceled):
         return DatabaseUnavailable(f"cannot use the database{where}: {message}")
     if isinstance(original, psycopg.errors.UndefinedTable):
-        return SchemaMissing(f"{message}; has `ttft-reconcile migrate` been run?")
+        return SchemaMissing(_missing_relation(message, url))
+    if isinstance(original, psycopg.errors.InvalidSchemaName):
+        missing = _MISSING_SCHEMA.search(message)
+        schema = missing.group("schema") if missing else None
+        if schema == OUR_SCHEMA:
+            return SchemaMissing(f"{message}; {MIGRATE_HINT}")
+        if url is not None and schema == url.litellm_schema:
+            return SchemaMissing(f"{message}: it should hold LiteLLM's tables; is the URL's ?schema= right?")
+    if isinstance(original, psycopg.errors.UndefinedFunction) and f"{OUR_SCHEMA}." in message:
+        return SchemaMissing(f"{message}; run `ttft-reconcile migrate`")
     return ReconcileError(f"database error{where}: {message}")
+
+
+def _missing_relation(message: str, url: DatabaseUrl | None) -> str:
+    missing = _MISSING_RELATION.search(message)
+    if missing is None:
+        return f"{message}; has `ttft-reconcile migrate` been run?"
+    table = missing.group("table")
+    schema = missing.group("schema") or (url.litellm_schema if url is not None else None)
+    if table.startswith("LiteLLM_"):
+        where = f' in schema "{schema}"' if schema else ""
+        return (f"LiteLLM's \"{table}\" table was not found{where};"
+                " is this LiteLLM's database, or does the URL need ?schema=?")
+    if schema == OUR_SCHEMA:
+        return f"{message}; {MIGRATE_HINT}"
+    return f"{message}; has `ttft-reconcile migrate` been run?"

@@ -83,6 +83,12 @@ def parse_database_url(raw: str) -> DatabaseUrl:
         raise DatabaseUrlError(
             f"unsupported database URL scheme {shown!r}: use postgresql://, postgres:// or postgresql+psycopg://"
         )
+    if re.search(r"\s|%(?![0-9A-Fa-f]{2})", text.split("?", 1)[0]):
+        # libpq rejects these and quotes the part it could not decode: the password, maybe.
+        raise DatabaseUrlError(
+            "the database URL is not valid: percent-encode spaces and '%' in the user name, password and"
+            " database name (space as %20, % as %25)"
+        )
     kept: list[tuple[str, str]] = []
     dropped: list[str] = []
     litellm_schema = "public"
@@ -135,21 +141,41 @@ def _userinfo_user(netloc: str) -> str:
     return unquote(user)
 
 
+# The userinfo runs to the LAST '@' (of the URL; of its whitespace-delimited token in a message), so
+# an unescaped '@', '#', '/' or '?' in a password cannot end it early and leave a part shown.
+_URL_USERINFO = re.compile(r"([a-zA-Z][\w+.-]*://)(.*)@")
+_POSTGRES_URL_USERINFO = re.compile(r"(?i)(postgres(?:ql)?(?:\+\w+)?://)(\S*)@")
+# `password=` as a URL query parameter: the value runs to the next '&' (or the end of the token).
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&\s]*")
+# `password=` in libpq conninfo (and PGPASSWORD=): a quoted value with backslash escapes (an
+# unterminated one runs to the end), else one word.
+_KEYWORD_PASSWORD = re.compile(r"""(?i)(?<![?&])(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)""")
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _password = match.group(2).partition(":")
+    return f"{match.group(1)}{user}:***@" if colon else match.group(0)
+
+
 def redact(url: str) -> str:
     """Replace the password of a URL (userinfo or `password=` parameter) with `***`."""
-    shown = re.sub(r"^([a-zA-Z][\w+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", shown)
+    userinfo = _URL_USERINFO.match(url)
+    shown = _mask_userinfo(userinfo) + url[userinfo.end() :] if userinfo else url
+    return _QUERY_PASSWORD.sub(r"\1***", shown)
 
 
 def scrub(message: str, *secrets: str) -> str:
-    """Remove every password-looking part and each given secret from an error message."""
-    cleaned = message
-    for secret in secrets:
-        if secret:
-            cleaned = cleaned.replace(secret, "***")
-    cleaned = re.sub(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]*):[^@\s]*@", r"\1:***@", cleaned)
-    cleaned = re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", cleaned)
-    return cleaned
+    """Mask the passwords an error message can carry, by their place only.
+
+    Masked: the userinfo password of every postgres/postgresql(+driver) URL, `password=` URL query
+    parameters and `password=` conninfo key/values, quoted or not. Nothing else: `secrets` is
+    accepted for existing callers and ignored, since replacing a password wherever its text occurs
+    shows it (password `e`: "cannot us*** th*** databas***: conn***ction fail***d").
+    """
+    del secrets
+    cleaned = _POSTGRES_URL_USERINFO.sub(_mask_userinfo, message)
+    cleaned = _QUERY_PASSWORD.sub(r"\1***", cleaned)
+    return _KEYWORD_PASSWORD.sub(r"\1***", cleaned)
 
 
 def password_of(raw: str) -> str:

@@ -35,7 +35,11 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def execute(kwargs: dict[str, Any], action: Callable[[], T]) -> T:
-    """Run `action`; any error becomes one redacted line on stderr and its exit code."""
+    """Run `action`; any error becomes one redacted line on stderr and its exit code.
+
+    Passwords are masked where they stand (URLs, `password=`), never by searching for their text;
+    a driver error is translated by describe_db_error (a URL parameter libpq rejects: exit 2).
+    """
     configure_logging(kwargs.get("log_level") or "WARNING")
     secret = password_of(kwargs.get("database_url") or "")
     try:
@@ -43,12 +47,12 @@ def execute(kwargs: dict[str, Any], action: Callable[[], T]) -> T:
     except ReconcileError as error:
         if kwargs.get("traceback"):
             raise
-        fail(scrub(str(error), secret), error.exit_code)
+        fail(scrub(str(error)), error.exit_code)
     except (sa_exc.SQLAlchemyError, psycopg.Error) as error:
         if kwargs.get("traceback"):
             raise
         translated = describe_db_error(error, password=secret)
-        fail(scrub(str(translated), secret), translated.exit_code)
+        fail(scrub(str(translated)), translated.exit_code)
     except KeyboardInterrupt:
         if kwargs.get("traceback"):
             raise
@@ -56,11 +60,11 @@ def execute(kwargs: dict[str, Any], action: Callable[[], T]) -> T:
     except (OverflowError, UnicodeError) as error:
         if kwargs.get("traceback"):
             raise
-        fail(f"a value is out of range or not valid text: {scrub(str(error), secret)}", EXIT_USAGE)
+        fail(f"a value is out of range or not valid text: {scrub(str(error))}", EXIT_USAGE)
     except OSError as error:  # files of --output, --plot, --metrics-textfile
         if kwargs.get("traceback"):
             raise
-        fail(scrub(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), secret), EXIT_FAILED)
+        fail(scrub(f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")), EXIT_FAILED)
 
 
 def echo_json(payload: dict[str, Any]) -> None:
