@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -108,26 +106,10 @@ def test_no_url_is_counted(sink_for: list[TraceSink]) -> None:
 
 def test_full_queue_drops_without_blocking(sink_for: list[TraceSink]) -> None:
     # A server that accepts and never answers keeps the writer busy connecting.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
+    with services.silent_tcp_server() as port:
         before = dropped("queue_full")
-        sink = make(sink_for, f"postgresql://u@127.0.0.1:{listener.getsockname()[1]}/db",
-                    queue_size=2, flush_interval=0.01, connect_timeout=2)
+        sink = make(sink_for, f"postgresql://u@127.0.0.1:{port}/db", queue_size=2, flush_interval=0.01,
+                    connect_timeout=2)
         sink.submit(recorder("q0"))
         time.sleep(0.3)  # the writer takes q0 and hangs in connect
         started = time.monotonic()
@@ -135,12 +117,6 @@ def test_full_queue_drops_without_blocking(sink_for: list[TraceSink]) -> None:
             sink.submit(recorder(f"q{i}"))
         assert time.monotonic() - started < 0.5  # submit never waits
         assert dropped("queue_full") - before == 3
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 def test_password_never_logged(sink_for: list[TraceSink], caplog: pytest.LogCaptureFixture) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -53,30 +51,8 @@ def test_the_urls_connect_timeout_is_what_libpq_gets(pg_admin_url: str) -> None:
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP port that accepts connections and never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(2)
-        for conn in held:
-            conn.close()
-        listener.close()
+    with services.silent_tcp_server() as port:
+        yield port
 
 
 def test_a_silent_server_is_given_up_on_after_the_urls_connect_timeout(silent_server: int) -> None:
