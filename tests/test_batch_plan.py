@@ -50,6 +50,7 @@ def _plan(db_url: str, *, write: bool, keyset: bool, policy: str = "first_chunk"
                 "call_types": ["anthropic_messages", "aresponses"], "tolerance_ms": 5.0, "limit": 5000,
                 "hold_rolled_back": True, "run_id": 1, "policy": policy,
                 "after_start": BASE - timedelta(hours=1), "after_id": "",
+                **batch_sql.trace_window(BASE - timedelta(days=1), BASE + timedelta(days=1)),
             }
             sql = batch_sql.batch_statement(shape, policy=policy, keyset=keyset, write=write)
             # EXPLAIN without ANALYZE plans the data-modifying statement without running it.
@@ -114,3 +115,18 @@ def test_the_old_shape_would_have_failed_this_check() -> None:
     ]}
     assert _assert_linear(probe) == ["stream_traces_p20260310"]
 
+
+
+def test_only_the_windows_trace_partitions_are_in_the_plan(db_url: str) -> None:
+    """A month of day partitions (30 days of retention) must not all be probed per candidate:
+    the window's constant bounds prune them when the statement is planned."""
+    _seed(db_url, 10)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SELECT ttft_reconcile.ensure_trace_partitions(%s, %s)",
+                     (BASE.date() - timedelta(days=20), BASE.date() + timedelta(days=20)))
+    plan = _plan(db_url, write=True, keyset=False)
+    days = {str(node["Relation Name"]) for node in _nodes(plan)
+            if str(node.get("Relation Name", "")).startswith("stream_traces_p")}
+    # the window is BASE - 1 day .. BASE + 1 day, and a trace may start a day either side
+    allowed = {f"stream_traces_p{(BASE.date() + timedelta(days=d)):%Y%m%d}" for d in range(-2, 3)}
+    assert days and days <= allowed, sorted(days - allowed)

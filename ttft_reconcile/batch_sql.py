@@ -9,7 +9,7 @@ and evidence for every row. Instants: SpendLogs columns are naive UTC, trace col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import text
@@ -95,10 +95,13 @@ def _evidence() -> str:
 
 
 def _near(row: str) -> str:
-    """Traces whose request_start_at lies within TRACE_JOIN_SLACK of the row's [startTime, endTime]."""
+    """Traces whose request_start_at lies within TRACE_JOIN_SLACK of the row's startTime. The
+    constant bounds of the whole window (:trace_lo, :trace_hi) let the planner drop every other
+    day partition up front instead of probing each one per candidate."""
     slack = f"interval '{int(TRACE_JOIN_SLACK.total_seconds())} seconds'"
-    return (f"t.request_start_at >= ({row}.start_time AT TIME ZONE 'UTC') - {slack}"
-            f" AND t.request_start_at < ({row}.end_time AT TIME ZONE 'UTC') + {slack}")
+    return (f"t.request_start_at >= :trace_lo AND t.request_start_at < :trace_hi"
+            f" AND t.request_start_at >= ({row}.start_time AT TIME ZONE 'UTC') - {slack}"
+            f" AND t.request_start_at < ({row}.start_time AT TIME ZONE 'UTC') + {slack}")
 
 
 def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
@@ -186,12 +189,19 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
     )
 
 
+def trace_window(since: datetime, until: datetime) -> dict[str, datetime]:
+    """The statement's trace bounds for candidates with startTime in [since, until) (naive UTC)."""
+    return {"trace_lo": (since - TRACE_JOIN_SLACK).replace(tzinfo=timezone.utc),
+            "trace_hi": (until + TRACE_JOIN_SLACK).replace(tzinfo=timezone.utc)}
+
+
 def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: bool) -> str:
     """The text of one batch: decide every candidate and, when `write`, the guarded UPDATE and audit.
 
     Parameters: since, until, call_types, tolerance_ms, limit, hold_rolled_back, run_id, policy,
-    and after_start/after_id when `keyset`. Rows: (request_id, start_time, outcome), plus one
-    (request_id, start_time, 'written') per audit row, ordered by ("startTime", request_id).
+    trace_lo/trace_hi (`trace_window`), and after_start/after_id when `keyset`. Rows:
+    (request_id, start_time, outcome), plus one (request_id, start_time, 'written') per audit
+    row, ordered by ("startTime", request_id).
     """
     if policy not in POLICY_COLUMNS:
         raise ValueError(f"unknown policy {policy!r}")
@@ -246,6 +256,7 @@ def reconcile_batch(
     params: dict[str, Any] = {
         "since": since,
         "until": until,
+        **trace_window(since, until),
         "call_types": list(call_types),
         "tolerance_ms": tolerance_ms,
         "limit": limit,

@@ -119,9 +119,9 @@ class _TraceIndex:
             if isinstance(response_id, str) and response_id:
                 self.by_response.setdefault(response_id, []).append(trace)
 
-    def find(self, request_id: str, column: object, start: datetime, end: datetime) -> _Found:
-        """The row's joins, each limited to traces starting in [start - slack, end + slack) (naive UTC)."""
-        lo, hi = start - TRACE_JOIN_SLACK, end + TRACE_JOIN_SLACK
+    def find(self, request_id: str, column: object, start: datetime) -> _Found:
+        """The row's joins, each limited to traces starting within TRACE_JOIN_SLACK of `start` (naive UTC)."""
+        lo, hi = start - TRACE_JOIN_SLACK, start + TRACE_JOIN_SLACK
 
         def near(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [t for t in traces if lo <= _naive(t["request_start_at"]) < hi]  # type: ignore[operator]
@@ -212,7 +212,7 @@ def classify_batch(
         def decide(outcome: str, reason: str, **kw: Any) -> None:
             decisions.append(Decision(request_id, start, outcome, reason, **kw))  # noqa: B023
 
-        found = index.find(request_id, row.litellm_call_id, start, end)
+        found = index.find(request_id, row.litellm_call_id, start)
         targets = set(found.targets.values())
         if "*" in targets or len(targets) > 1:
             decide(oc.AMBIGUOUS, "join strategies disagree: "

@@ -135,14 +135,14 @@ t.event_count, t.outcome, t.truncated
 EXPLAIN_TRACES_BY_CALL_ID: Final = f"""
 SELECT {EXPLAIN_TRACE_COLUMNS} FROM ttft_reconcile.stream_traces t
 WHERE t.litellm_call_id = :key
-  AND t.request_start_at >= :start - CAST(:slack AS interval) AND t.request_start_at < :end + CAST(:slack AS interval)
+  AND t.request_start_at >= :start - CAST(:slack AS interval) AND t.request_start_at < :start + CAST(:slack AS interval)
 ORDER BY t.stream_seq
 """
 
 EXPLAIN_TRACES_BY_RESPONSE_ID: Final = f"""
 SELECT {EXPLAIN_TRACE_COLUMNS} FROM ttft_reconcile.stream_traces t
 WHERE t.response_id = :key
-  AND t.request_start_at >= :start - CAST(:slack AS interval) AND t.request_start_at < :end + CAST(:slack AS interval)
+  AND t.request_start_at >= :start - CAST(:slack AS interval) AND t.request_start_at < :start + CAST(:slack AS interval)
 ORDER BY t.litellm_call_id, t.stream_seq
 """
 

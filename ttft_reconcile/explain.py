@@ -152,7 +152,7 @@ def _trace(r: Any) -> TraceView:
 
 def _traces(conn: Connection, sql: str, key: str, row: SpendLogRow) -> tuple[TraceView, ...]:
     """Traces under one strategy, in the job's window around the row (see joins.TRACE_JOIN_SLACK)."""
-    params = {"key": key, "start": to_aware_utc(row.start_time), "end": to_aware_utc(row.end_time),
+    params = {"key": key, "start": to_aware_utc(row.start_time),
               "slack": f"{int(TRACE_JOIN_SLACK.total_seconds())} seconds"}
     return tuple(_trace(r) for r in conn.execute(text(sql), params).all())
 

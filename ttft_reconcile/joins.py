@@ -13,8 +13,8 @@ JOIN_REQUEST_ID: Final = "request_id=litellm_call_id"
 JOIN_CALL_ID_COLUMN: Final = "litellm_call_id column"
 JOIN_RESPONSE_ID: Final = "request_id=response_id"
 
-# A trace belongs to a row only if its request_start_at lies in
-# [startTime - TRACE_JOIN_SLACK, endTime + TRACE_JOIN_SLACK) (UTC): ids are not reused within
-# days, and a wider margin keeps a capture clock or timezone error visible as `out_of_bounds`
-# instead of `no_trace`.
+# A trace belongs to a row only if its request_start_at lies within TRACE_JOIN_SLACK of the
+# row's "startTime" (UTC): both are LiteLLM's logging start time, so they agree to milliseconds
+# unless a clock or timezone is wrong; the margin keeps such an error visible as
+# `out_of_bounds` instead of `no_trace`, and ids are not reused within days.
 TRACE_JOIN_SLACK: Final = timedelta(days=1)

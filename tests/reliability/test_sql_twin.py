@@ -72,7 +72,8 @@ def test_sql_and_python_decide_alike(db_url: str, batch: tuple[list[dict[str, An
             shape = inspect_spend_logs(conn, "public")
             rows = conn.execute(text(batch_sql.decide_sql_for_tests(shape, policy)), {
                 "since": SINCE, "until": UNTIL, "call_types": list(frame["call_type"].unique()),
-                "tolerance_ms": 5.0, "limit": 100, "hold_rolled_back": False}).all()
+                "tolerance_ms": 5.0, "limit": 100, "hold_rolled_back": False,
+                **batch_sql.trace_window(SINCE, UNTIL)}).all()
     finally:
         engine.dispose()
     assert [(r.request_id, r.start_time) for r in rows] == [(d.request_id, d.start_time) for d in reference]
