@@ -69,3 +69,19 @@ def test_contradictory_or_impossible_flags_are_usage_errors(db_url: str, args: t
     result = invoke(*args, "--database-url", db_url)
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("ttft-reconcile: "), result.output
+
+
+def test_export_into_a_reader_that_stops_early_is_quiet(db_url: str) -> None:
+    """`export | head -1`: the pipe closes under a long export; no error line, exit 0."""
+    import subprocess
+
+    seed(db_url, 400)
+    assert invoke("backfill", *WINDOW, "--database-url", db_url).exit_code == 0
+    proc = subprocess.Popen([SCRIPT, "export", *WINDOW, "--database-url", db_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, err
+    assert first.startswith(b"{") and err == ""

@@ -28,14 +28,15 @@ def _pair(before: float | None, after: float | None) -> str:
 
 
 def as_table(report: Report) -> str:
-    """Fixed-width text: counts by source, p50/p95/p99 before -> after."""
+    """Fixed-width text: counts by source, p50/p90/p95/p99 before -> after."""
     header = ("day", "model_group", "n", "original", "reconciled", "unresolved",
-              "p50 ms", "p95 ms", "p99 ms")
+              "p50 ms", "p90 ms", "p95 ms", "p99 ms")
     lines: list[tuple[str, ...]] = [header]
     for r in report.rows:
         lines.append((
             r.day.isoformat(), r.model_group or "(none)", str(r.n), str(r.n_original), str(r.n_reconciled),
-            str(r.n_unresolved), _pair(r.before.p50, r.after.p50), _pair(r.before.p95, r.after.p95),
+            str(r.n_unresolved), _pair(r.before.p50, r.after.p50), _pair(r.before.p90, r.after.p90),
+            _pair(r.before.p95, r.after.p95),
             _pair(r.before.p99, r.after.p99),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -65,6 +65,7 @@ def format_report(report: demo.DemoReport) -> str:
                      f" joined by {', '.join(e['join'])}")
     if report.kept:
         lines += ["", f"The server is still running: {report.url}",
+                  f"Point the other commands at it: export TTFT_RECONCILE_DATABASE_URL='{report.url}'",
                   f"Stop and delete it with: ttft-reconcile demo --stop {report.data_dir}"]
     return "\n".join(lines)
 

@@ -89,9 +89,10 @@ def print_summary(summary: RunSummary, as_json: bool) -> None:
         f"{summary.mode} {summary.run_id}{window}: {summary.candidates} candidates in {summary.batches} batches,"
         f" {summary.duration_seconds:.1f}s, policy {summary.policy}{dry}"
     )
+    would = "would be " if summary.dry_run else ""  # a dry run counts what it would do
     for outcome, count in summary.outcomes.items():
         if count:
-            click.echo(f"  {outcome:<15} {count}")
+            click.echo(f"  {would}{outcome:<15} {count}" if would else f"  {outcome:<15} {count}")
     if summary.message:
         click.echo(f"  {summary.message}")
 
@@ -172,7 +173,8 @@ def run_command(**kwargs: Any) -> None:
               help="Local worker processes. Processes started elsewhere with the same window join in.")
 @click.option("--restart", is_flag=True, help="Redo a backfill of this window that already finished.")
 @click.option("--slice-lease", type=DURATION, default="5m", show_default=True, envvar="TTFT_RECONCILE_SLICE_LEASE",
-              help="Reclaim a slice whose worker has not committed a batch for this long (a killed pod's slice).")
+              help="Reclaim a slice whose worker has not committed a batch for this long (a killed pod's slice).",
+              show_envvar=True)
 @database_options
 @job_options
 @publish_options
@@ -211,7 +213,7 @@ def backfill_command(since: str, until: str, workers: int, restart: bool, slice_
               help="Roll back even though an overlapping run heartbeated in the last 15 minutes (only when you "
                    "know it is dead: a live backfill would re-apply what you undo).")
 @click.option("--lock-mode", type=click.Choice(["auto", "advisory", "lease"]), default="auto", show_default=True,
-              envvar="TTFT_RECONCILE_LOCK_MODE", help="Lane lock (see `run --help`).")
+              envvar="TTFT_RECONCILE_LOCK_MODE", help="Lane lock (see `run --help`).", show_envvar=True)
 @publish_options
 @output_options
 def rollback_command(run_id: int | None, since: str | None, until: str | None, force: bool, **kwargs: Any) -> None:

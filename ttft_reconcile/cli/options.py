@@ -57,56 +57,58 @@ database_options = _compose(
     ),
     click.option("--statement-timeout", type=DURATION, default="30s", show_default=True,
                  envvar="TTFT_RECONCILE_STATEMENT_TIMEOUT",
-                 help="Per-statement limit (SET LOCAL); 0 means none, else 1ms to 24d."),
+                 help="Per-statement limit (SET LOCAL); 0 means none, else 1ms to 24d.", show_envvar=True),
     click.option("--lock-timeout", type=DURATION, default="5s", show_default=True,
                  envvar="TTFT_RECONCILE_LOCK_TIMEOUT",
-                 help="Longest wait for a row or table lock; 0 means none, else 1ms to 24d."),
+                 help="Longest wait for a row or table lock; 0 means none, else 1ms to 24d.", show_envvar=True),
 )
 
 output_options = _compose(
     click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
     click.option("--log-level", default="WARNING", show_default=True, envvar="TTFT_RECONCILE_LOG_LEVEL",
                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-                 help="Log level of the lines on stderr."),
+                 help="Log level of the lines on stderr.", show_envvar=True),
     click.option("--traceback", is_flag=True, help="Show the full traceback of an error."),
 )
 
 job_options = _compose(
     click.option("--policy", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
-                  envvar="TTFT_RECONCILE_POLICY", help="Which instant counts as the first token."),
+                  envvar="TTFT_RECONCILE_POLICY", help="Which instant counts as the first token.", show_envvar=True),
     click.option("--tolerance-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
                  envvar="TTFT_RECONCILE_TOLERANCE_MS",
-                 help="A row is a candidate when |endTime - completionStartTime| <= this."),
+                 help="A row is a candidate when |endTime - completionStartTime| <= this.", show_envvar=True),
     click.option("--call-types", default=",".join(DEFAULT_CALL_TYPES), show_default=True,
-                 envvar="TTFT_RECONCILE_CALL_TYPES", help="Comma-separated SpendLogs call_type values."),
+                 envvar="TTFT_RECONCILE_CALL_TYPES", help="Comma-separated SpendLogs call_type values.",
+                 show_envvar=True),
     click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
-                 envvar="TTFT_RECONCILE_BATCH_SIZE", help="Candidate rows per transaction."),
+                 envvar="TTFT_RECONCILE_BATCH_SIZE", help="Candidate rows per transaction.", show_envvar=True),
     click.option("--max-rows-per-second", type=click.FloatRange(min=MIN_ROWS_PER_SECOND), default=None,
                  envvar="TTFT_RECONCILE_MAX_ROWS_PER_SECOND",
-                 help=f"Throttle scanned rows, at least {MIN_ROWS_PER_SECOND} (default: no limit)."),
+                 help=f"Throttle scanned rows, at least {MIN_ROWS_PER_SECOND} (default: no limit).", show_envvar=True),
     click.option("--dry-run", is_flag=True, help="Classify and count only; writes nothing but its run record."),
     click.option("--lock-mode", type=click.Choice(["auto", "advisory", "lease"]), default="auto",
                  show_default=True, envvar="TTFT_RECONCILE_LOCK_MODE",
                  help="Lane lock: advisory (session lock), lease (row; use behind PgBouncer transaction "
-                      "pooling), auto (lease when the URL says pgbouncer=true)."),
+                      "pooling), auto (lease when the URL says pgbouncer=true).", show_envvar=True),
 )
 
 incremental_options = _compose(
     click.option("--lookback", type=DURATION, default="1h", show_default=True, envvar="TTFT_RECONCILE_LOOKBACK",
-                 help="Re-read this far behind the checkpoint (LiteLLM writes rows late)."),
+                 help="Re-read this far behind the checkpoint (LiteLLM writes rows late).", show_envvar=True),
     click.option("--settle", type=DURATION, default="2m", show_default=True, envvar="TTFT_RECONCILE_SETTLE",
-                 help="Leave rows younger than this for the next run."),
+                 help="Leave rows younger than this for the next run.", show_envvar=True),
     click.option("--initial-window", type=DURATION, default="24h", show_default=True,
-                 envvar="TTFT_RECONCILE_INITIAL_WINDOW", help="How far back a first run starts."),
+                 envvar="TTFT_RECONCILE_INITIAL_WINDOW", help="How far back a first run starts.", show_envvar=True),
 )
 
 publish_options = _compose(
     click.option("--pushgateway", envvar="TTFT_RECONCILE_PUSHGATEWAY", show_envvar=True,
                  help="Pushgateway address (host:port or URL) to push run metrics to."),
     click.option("--metrics-textfile", envvar="TTFT_RECONCILE_METRICS_TEXTFILE", type=click.Path(dir_okay=False),
-                 help="Write run metrics atomically to this .prom file (node_exporter textfile collector)."),
+                 help="Write run metrics atomically to this .prom file (node_exporter textfile collector).",
+                 show_envvar=True),
     click.option("--deployment", envvar="TTFT_RECONCILE_DEPLOYMENT",
-                 help="Grouping key of the pushed metrics (default: the database name)."),
+                 help="Grouping key of the pushed metrics (default: the database name).", show_envvar=True),
     click.option("--delete-group-on-success", is_flag=True,
                  help="Delete this run's metric group after a successful run (one-off backfills)."),
 )

@@ -65,10 +65,12 @@ class ProgressPrinter:
         repaired = progress.outcomes.get("repaired", 0)
         rate = progress.scanned / elapsed_s if elapsed_s > 0 else 0.0
         head = ""
-        if share is not None:
+        if share is not None and self.tty:
             width = 24
             filled = int(share * width)
             head = f"[{'#' * filled}{'.' * (width - filled)}] {share * 100:5.1f}% "
+        elif share is not None:  # a log line: no bar to redraw
+            head = f"{share * 100:.1f}% "
         where = f" at {progress.position.isoformat(sep=' ', timespec='seconds')}Z" if progress.position else ""
         slices = f" slices {progress.slices_done}/{progress.slices_total}" if progress.slices_total else ""
         return (

@@ -119,7 +119,7 @@ def _stored_job_settings(stored: dict[str, object]) -> tuple[tuple[str, ...], fl
 @output_options
 @click.argument("request_id")
 @click.option("--policy", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
-              envvar="TTFT_RECONCILE_POLICY", help="Policy whose instant the verdict uses.")
+              envvar="TTFT_RECONCILE_POLICY", help="Policy whose instant the verdict uses.", show_envvar=True)
 @click.option("--tolerance-ms", type=click.FloatRange(0, 1000), default=None,
               help="Candidate tolerance (default: the value of the last run, from the settings table).")
 @click.option("--call-types", default=None, help="Configured call types (default: the last run's).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -61,6 +62,12 @@ def execute(kwargs: dict[str, Any], action: Callable[[], T]) -> T:
         if kwargs.get("traceback"):
             raise
         fail(f"a value is out of range or not valid text: {scrub(str(error))}", EXIT_USAGE)
+    except BrokenPipeError:  # `export | head`: the reader has what it wanted
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        except OSError:
+            pass
+        sys.exit(0)
     except OSError as error:  # files of --output, --plot, --metrics-textfile
         if kwargs.get("traceback"):
             raise
