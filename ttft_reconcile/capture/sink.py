@@ -208,7 +208,8 @@ class TraceSink:
     def _scrub(self, error: BaseException) -> str:
         from ttft_reconcile.dburl import password_of
 
-        return scrub(str(error).strip(), password_of(self.url.libpq) if self.url else "")
+        # one log line: libpq's messages run over several ("...\n\tThis probably means...")
+        return " ".join(scrub(str(error), password_of(self.url.libpq) if self.url else "").split())
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]] | None:
         if self._conn is not None and not self._conn.closed:
