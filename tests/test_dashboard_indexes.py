@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from tests import services
 from tests.publish_data import UTC, connect
 from ttft_reconcile.dashboard import refresh_ttft_daily
 
@@ -135,7 +136,7 @@ def test_the_function_itself_runs_that_plan(big_db: str) -> None:
         try:
             conn.execute("LOAD 'auto_explain'")
         except psycopg.Error:
-            pytest.skip("auto_explain is not available on this server")
+            services.missing("auto_explain on the Postgres server (contrib)")
         conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
         for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice",
                         "log_format = json", "log_verbose = on"):
