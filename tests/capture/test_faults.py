@@ -19,6 +19,7 @@ from tests.capture import helpers
 from tests.capture.faulty_proxy import FaultyProxy
 from tests.capture.helpers import run
 from tests.capture.upstreams import MockUpstream, fixed_plan
+from ttft_reconcile.capture.sink import RECONNECT_AFTER_S
 
 pytestmark = pytest.mark.capture
 
@@ -71,6 +72,7 @@ def test_stalled_then_dead_database_under_bursts_then_recovery(
         assert capture.flush(10)
         recorded = len(helpers.traces(db_url))
         assert recorded == 1
+        time.sleep(RECONNECT_AFTER_S + 0.5)  # past the writer's reconnect pause: a stall now hangs its connect
 
         # 1. stalled: the writer hangs in connect; the queue fills, the rest are dropped
         proxy.set_mode("stall")

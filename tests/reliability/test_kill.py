@@ -31,6 +31,11 @@ KILL_POINTS = 24
 BATCH = "10"
 
 
+# The seeded campaign paces the job (about one 10-row batch per 50 ms): its kill points must land
+# before the backfill ends, however fast the machine or the job's batch statement is.
+PACE = ["--max-rows-per-second", "200"]
+
+
 def _backfill(url: str, *extra: str) -> list[str]:
     return ["backfill", *WINDOW, "--batch-size", BATCH, "--slice-lease", "1s", "--database-url", url, *extra]
 
@@ -75,7 +80,7 @@ def test_sigkill_at_seeded_points_then_resume_matches_reference(
     records: list[KillRecord] = []
     with observer(url) as conn:
         for point in range(KILL_POINTS):
-            proc = spawn(*_backfill(url))
+            proc = spawn(*_backfill(url, *PACE))
             if point in startup_kills:
                 delay = rng.uniform(0.05, 1.0)  # start-up, preparation, first claims
                 wait_for(lambda: False, timeout=delay, proc=proc)
