@@ -111,6 +111,10 @@ def _measure_main(url: str, seeded: data.Seeded, args: argparse.Namespace, out: 
     _say("(1)/(5) `backfill --workers 1` over the whole range")
     out["backfill_w1"] = asdict(measure.run_cli(["backfill", *window, "--workers", "1"], url))
     data.restore(url)
+    _say("(1) where the time goes: `backfill --dry-run` (decide only), then the writes alone")
+    out["backfill_dry"] = asdict(measure.run_cli(["backfill", *window, "--workers", "1", "--dry-run"], url))
+    out["write_floor"] = asdict(measure.write_floor(url))
+    data.restore(url)
     if not args.no_workers:
         _say("(5) `backfill --workers 2`")
         out["backfill_w2"] = asdict(measure.run_cli(["backfill", *window, "--workers", "2"], url))
@@ -121,11 +125,14 @@ def _measure_main(url: str, seeded: data.Seeded, args: argparse.Namespace, out: 
         return job.backfill(settings, seeded.since, seeded.until)
 
     with measure.capture_spend_logs_statements() as more:
-        if args.no_profile:
-            summary, top = backfill(), ""
-        else:
-            summary, top = measure.profile(backfill)
+        with measure.time_statements() as times:
+            if args.no_profile:
+                summary, top = backfill(), ""
+            else:
+                summary, top = measure.profile(backfill)
         job.rollback(settings, run_id=summary.run_id)
+    out["profiled_statement_seconds"] = times.seconds
+    out["profiled_statement_counts"] = times.counts
     captured.statements.update(more.statements)
     for statement, count in more.counts.items():
         captured.counts[statement] = captured.counts.get(statement, 0) + count

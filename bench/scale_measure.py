@@ -159,6 +159,102 @@ class Explained:
     plan: list[Any]
 
 
+@dataclass
+class StatementTimes:
+    """Wall seconds the job spent waiting on each kind of statement (see `statement_kind`)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def statement_kind(statement: str) -> str:
+    """The cost bucket of one statement the job sends."""
+    if statement.lstrip().startswith("WITH cand"):
+        return "batch statement (decide, UPDATE, audit)"
+    if "INSERT INTO ttft_reconcile.ttft_daily" in statement:
+        return "ttft_daily refresh"
+    return "bookkeeping (runs, slices, limits)"
+
+
+@contextmanager
+def time_statements() -> Iterator[StatementTimes]:
+    """Sum the time every engine in this process waits on each kind of statement (commits excluded)."""
+    times = StatementTimes()
+    started: dict[int, float] = {}
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        started[id(cursor)] = time.monotonic()
+
+    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        kind = statement_kind(statement)
+        elapsed = time.monotonic() - started.pop(id(cursor), time.monotonic())
+        times.seconds[kind] = times.seconds.get(kind, 0.0) + elapsed
+        times.counts[kind] = times.counts.get(kind, 0) + 1
+
+    event.listen(Engine, "before_cursor_execute", before)
+    event.listen(Engine, "after_cursor_execute", after)
+    try:
+        yield times
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+        event.remove(Engine, "after_cursor_execute", after)
+
+
+@dataclass(frozen=True)
+class WriteFloor:
+    """What the writes alone cost on the baseline's rows, each in its own rolled-back transaction:
+    the bare UPDATE and an audit INSERT of the same rows (seconds, rows)."""
+
+    update_seconds: float
+    audit_insert_seconds: float
+    rows: int
+
+
+_FLOOR_ROWS = (
+    "CREATE TEMP TABLE floor_rows ON COMMIT DROP AS"
+    ' SELECT DISTINCT ON (s.request_id) s.request_id, s."startTime" AS start_time,'
+    ' s."completionStartTime" AS old_cst, t.first_chunk_at AT TIME ZONE \'UTC\' AS new_cst, t.litellm_call_id'
+    ' FROM "LiteLLM_SpendLogs" s JOIN ttft_reconcile.stream_traces t ON s.request_id = t.litellm_call_id'
+    " WHERE s.call_type IN ('anthropic_messages', 'aresponses', 'pass_through_endpoint')"
+    ' AND abs(extract(epoch FROM s."endTime" - s."completionStartTime")) <= 0.005'
+    ' AND t.first_chunk_at BETWEEN s."startTime" AND s."endTime"'
+)
+_FLOOR_UPDATE = (
+    'UPDATE "LiteLLM_SpendLogs" s SET "completionStartTime" = f.new_cst FROM floor_rows f'
+    ' WHERE s.request_id = f.request_id AND s."startTime" = f.start_time'
+)
+_FLOOR_AUDIT = (
+    "INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
+    " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)"
+    " SELECT f.request_id, f.start_time, %(run_id)s, 'first_chunk', f.old_cst, f.new_cst,"
+    " extract(epoch FROM f.new_cst - f.start_time) * 1000, f.litellm_call_id, 0, 'anthropic_messages', 'm',"
+    " jsonb_build_object('instants', jsonb_build_object('first_chunk', to_jsonb(f.new_cst),"
+    " 'first_event', to_jsonb(f.new_cst), 'first_output', to_jsonb(f.new_cst), 'first_visible', to_jsonb(f.new_cst)),"
+    " 'join', '[\"request_id=litellm_call_id\"]'::jsonb, 'litellm_call_id', f.litellm_call_id, 'stream_seq', 0,"
+    " 'streams', 1, 'trace_outcome', 'completed', 'chunk_count', 40, 'request_start_at', to_jsonb(f.start_time),"
+    " 'api_call_start_at', to_jsonb(f.start_time))"
+    " FROM floor_rows f"
+)
+
+
+def write_floor(url: str) -> WriteFloor:
+    """Time the bare UPDATE and a same-sized audit INSERT separately; both are rolled back."""
+    seconds = []
+    rows = 0
+    with psycopg.connect(url) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.commit()
+        for statement in (_FLOOR_UPDATE, _FLOOR_AUDIT):
+            conn.execute(_FLOOR_ROWS)
+            run = conn.execute("INSERT INTO ttft_reconcile.runs (mode) VALUES ('backfill') RETURNING id").fetchone()
+            assert run is not None
+            started = time.monotonic()
+            rows = conn.execute(statement, {"run_id": run[0]}).rowcount
+            seconds.append(time.monotonic() - started)
+            conn.rollback()
+    return WriteFloor(seconds[0], seconds[1], rows)
+
+
 def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):

@@ -25,7 +25,18 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
     explained = r.get("explain_small", []) + r.get("explain_big", [])
     w2 = r.get("backfill_w2")
     w2_s = (w2["job_seconds"] or w2["wall_seconds"]) if w2 and not w2["exit_code"] else None
+    dry = r.get("backfill_dry")
+    floor = r.get("write_floor")
+    spent = r.get("profiled_statement_seconds") or {}
+    profiled = r.get("profiled_backfill_seconds")
     return {
+        "decide_only_seconds": (dry["job_seconds"] or dry["wall_seconds"]) if dry and not dry["exit_code"] else None,
+        "write_floor_update_seconds": floor["update_seconds"] if floor else None,
+        "write_floor_audit_seconds": floor["audit_insert_seconds"] if floor else None,
+        "audited_write_floor_vs_baseline": (
+            _ratio(floor["update_seconds"] + floor["audit_insert_seconds"], base["seconds"]) if floor else None),
+        "profiled_statement_seconds": spent,
+        "profiled_outside_statements_seconds": (profiled - sum(spent.values())) if profiled and spent else None,
         "backfill_seconds": job_s,
         "backfill_rows_per_second": rows / job_s if job_s else None,
         "backfill_repaired": w1["summary"].get("outcomes", {}).get("repaired"),
@@ -81,7 +92,21 @@ def render(r: dict[str, Any]) -> str:
              f"{f['statements_explained']} distinct, {f['statements_with_seq_scan']} with a Seq Scan on SpendLogs",
              "0 seq scans", _verdict(f["statements_with_seq_scan"] == 0)),
     ]
-    failed = [k for k in ("run_small", "run_big", "backfill_w1", "backfill_w2") if k in r and r[k]["exit_code"]]
+    if f["decide_only_seconds"] is not None and f["write_floor_update_seconds"] is not None:
+        lines += [
+            _row("    where the time goes",
+                 f"decide only (--dry-run) {f['decide_only_seconds']:.1f} s; the writes alone on the"),
+            _row("", f"baseline's rows: UPDATE {f['write_floor_update_seconds']:.1f} s + audit INSERT"
+                     f" {f['write_floor_audit_seconds']:.1f} s = {_x(f['audited_write_floor_vs_baseline'])} baseline"),
+        ]
+    if f["profiled_statement_seconds"]:
+        spent = ", ".join(f"{kind} {sec:.1f} s" for kind, sec in sorted(
+            f["profiled_statement_seconds"].items(), key=lambda item: -item[1]))
+        lines.append(_row("    in-process backfill", spent))
+        if f["profiled_outside_statements_seconds"] is not None:
+            lines.append(_row("", f"commits and Python {f['profiled_outside_statements_seconds']:.1f} s"))
+    runs = ("run_small", "run_big", "backfill_w1", "backfill_dry", "backfill_w2")
+    failed = [k for k in runs if k in r and r[k]["exit_code"]]
     for key in failed:
         lines.append(_row(f"    FAILED: {key}", f"exit {r[key]['exit_code']}: {r[key]['stderr_tail'].strip()[-150:]}"))
     if f["backfill_w2_seconds"] is not None:

@@ -35,7 +35,7 @@ def test_bench_scale_smoke(pg_admin_url: str, tmp_path: Path) -> None:
     assert small["table_toast_bytes_per_row"] >= 2000  # >= 2 KB of metadata that does not compress away
     assert small["kinds"]["broken_stream"] > 1000 and small["kinds"]["broken_untraced"] > 0
 
-    for key in ("run_small", "run_big", "backfill_w1", "backfill_w2"):
+    for key in ("run_small", "run_big", "backfill_w1", "backfill_dry", "backfill_w2"):
         run = r[key]
         assert run["exit_code"] == 0, run["stderr_tail"]
         assert run["peak_rss_mib"] > 20
@@ -44,6 +44,13 @@ def test_bench_scale_smoke(pg_admin_url: str, tmp_path: Path) -> None:
     w1, w2 = r["backfill_w1"]["summary"], r["backfill_w2"]["summary"]
     assert w1["outcomes"]["repaired"] > 1000
     assert w2["outcomes"] == w1["outcomes"]  # restored between runs: the same data, the same answers
+    assert r["backfill_dry"]["summary"]["outcomes"] == w1["outcomes"]  # decide only: the same decisions
+    floor = r["write_floor"]
+    assert floor["rows"] == r["baseline"]["updated"]  # the writes alone, on exactly the baseline's rows
+    assert floor["update_seconds"] > 0 and floor["audit_insert_seconds"] > 0
+    spent = r["profiled_statement_seconds"]
+    assert spent["batch statement (decide, UPDATE, audit)"] > 0 and spent["ttft_daily refresh"] > 0
+    assert r["profiled_statement_counts"]["batch statement (decide, UPDATE, audit)"] >= 2
     assert r["baseline"]["updated"] > 1000
     small_hour, big_hour = r["run_small"]["summary"], r["run_big"]["summary"]
     assert small_hour["candidates"] > 0 and big_hour["candidates"] > 0
