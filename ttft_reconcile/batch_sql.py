@@ -17,7 +17,13 @@ from sqlalchemy.engine import Connection
 
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.db import SpendLogsShape
-from ttft_reconcile.joins import JOIN_CALL_ID_COLUMN, JOIN_REQUEST_ID, JOIN_RESPONSE_ID, TRACE_JOIN_SLACK
+from ttft_reconcile.joins import (
+    JOIN_CALL_ID_COLUMN,
+    JOIN_REQUEST_ID,
+    JOIN_RESPONSE_ID,
+    TRACE_JOIN_SLACK,
+    TRACE_JOIN_SLACK_SQL,
+)
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.queries import Position, S
 
@@ -98,7 +104,7 @@ def _near(row: str) -> str:
     """Traces whose request_start_at lies within TRACE_JOIN_SLACK of the row's startTime. The
     constant bounds of the whole window (:trace_lo, :trace_hi) let the planner drop every other
     day partition up front instead of probing each one per candidate."""
-    slack = f"interval '{int(TRACE_JOIN_SLACK.total_seconds())} seconds'"
+    slack = f"interval '{TRACE_JOIN_SLACK_SQL}'"
     return (f"t.request_start_at >= :trace_lo AND t.request_start_at < :trace_hi"
             f" AND t.request_start_at >= ({row}.start_time AT TIME ZONE 'UTC') - {slack}"
             f" AND t.request_start_at < ({row}.start_time AT TIME ZONE 'UTC') + {slack}")

@@ -19,7 +19,7 @@ from ttft_reconcile import dashboard_queries as q
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.classify import Decision, classify_batch
 from ttft_reconcile.db import inspect_spend_logs
-from ttft_reconcile.joins import TRACE_JOIN_SLACK
+from ttft_reconcile.joins import TRACE_JOIN_SLACK_SQL
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.timeparse import to_aware_utc
 
@@ -153,7 +153,7 @@ def _trace(r: Any) -> TraceView:
 def _traces(conn: Connection, sql: str, key: str, row: SpendLogRow) -> tuple[TraceView, ...]:
     """Traces under one strategy, in the job's window around the row (see joins.TRACE_JOIN_SLACK)."""
     params = {"key": key, "start": to_aware_utc(row.start_time),
-              "slack": f"{int(TRACE_JOIN_SLACK.total_seconds())} seconds"}
+              "slack": TRACE_JOIN_SLACK_SQL}
     return tuple(_trace(r) for r in conn.execute(text(sql), params).all())
 
 

@@ -18,3 +18,5 @@ JOIN_RESPONSE_ID: Final = "request_id=response_id"
 # unless a clock or timezone is wrong; the margin keeps such an error visible as
 # `out_of_bounds` instead of `no_trace`, and ids are not reused within days.
 TRACE_JOIN_SLACK: Final = timedelta(days=1)
+# The same as a Postgres interval literal, for the SQL that applies it.
+TRACE_JOIN_SLACK_SQL: Final = f"{int(TRACE_JOIN_SLACK.total_seconds())} seconds"

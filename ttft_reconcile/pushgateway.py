@@ -24,7 +24,7 @@ from prometheus_client.exposition import (
     pushadd_to_gateway,
 )
 
-from ttft_reconcile.dburl import password_of, redact, scrub
+from ttft_reconcile.dburl import redact, scrub
 from ttft_reconcile.errors import PublishFailed, UsageError
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def call(
         group = ",".join(f"{name}={value}" for name, value in {"job": job, **key}.items())
         message = (f"could not {_VERBS.get(method, method)} metrics group {{{group}}} at Pushgateway"
                    f" {shown(address)}: {_describe(error, timeout)}")
-        raise PublishFailed(one_line(message, _secret(address))) from None
+        raise PublishFailed(one_line(message)) from None
     log.info("Pushgateway %s: %s group %s", shown(address), method, dict(key))
 
 
@@ -110,18 +110,14 @@ def shown(address: str | None) -> str | None:
     return redact("http://" + address)[len("http://"):]
 
 
-def one_line(message: str, *secrets: str) -> str:
-    """`message` on one line, at most MAX_LINE characters, passwords and `secrets` removed."""
-    flat = " ".join(scrub(message, *secrets).split())
+def one_line(message: str) -> str:
+    """`message` on one line, at most MAX_LINE characters, passwords masked."""
+    flat = " ".join(scrub(message).split())
     return flat if len(flat) <= MAX_LINE else flat[: MAX_LINE - 3] + "..."
 
 
 def _with_scheme(address: str) -> str:
     return address if "://" in address else "http://" + address
-
-
-def _secret(address: str) -> str:
-    return password_of(_with_scheme(address))
 
 
 def _endpoint(address: str) -> tuple[str, Handler]:

@@ -206,10 +206,8 @@ class TraceSink:
             self.warn(reason, "ttft capture: writing %d traces failed: %s", count, self._scrub(error))
 
     def _scrub(self, error: BaseException) -> str:
-        from ttft_reconcile.dburl import password_of
-
         # one log line: libpq's messages run over several ("...\n\tThis probably means...")
-        return " ".join(scrub(str(error), password_of(self.url.libpq) if self.url else "").split())
+        return " ".join(scrub(str(error)).split())
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]] | None:
         if self._conn is not None and not self._conn.closed:

@@ -92,7 +92,7 @@ def print_summary(summary: RunSummary, as_json: bool) -> None:
     would = "would be " if summary.dry_run else ""  # a dry run counts what it would do
     for outcome, count in summary.outcomes.items():
         if count:
-            click.echo(f"  {would}{outcome:<15} {count}" if would else f"  {outcome:<15} {count}")
+            click.echo(f"  {would}{outcome:<15} {count}")
     if summary.message:
         click.echo(f"  {summary.message}")
 
