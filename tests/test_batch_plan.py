@@ -130,3 +130,24 @@ def test_only_the_windows_trace_partitions_are_in_the_plan(db_url: str) -> None:
     # the window is BASE - 1 day .. BASE + 1 day, and a trace may start a day either side
     allowed = {f"stream_traces_p{(BASE.date() + timedelta(days=d)):%Y%m%d}" for d in range(-2, 3)}
     assert days and days <= allowed, sorted(days - allowed)
+
+
+def _trace_probes(plan: dict[str, Any]) -> dict[str, int]:
+    """Index scans of stream_traces per index kind (pkey = by call id, response_id = by response id)."""
+    found: dict[str, int] = {}
+    for node in _nodes(plan):
+        index = str(node.get("Index Name", ""))
+        if node["Node Type"] in INDEX_SCANS and str(node.get("Relation Name", "")).startswith("stream_traces"):
+            kind = "pkey" if index.endswith("_pkey") else "response_id"
+            found[kind] = found.get(kind, 0) + 1
+    return found
+
+
+def test_a_schema_without_the_call_id_column_plans_no_probe_for_it(db_url: str, old_db_url: str) -> None:
+    """SpendLogs' litellm_call_id column exists only on newer schemas; where it is missing the
+    statement has two trace lookups (by request id, by response id), not three."""
+    new_probes = _trace_probes(_plan(db_url, write=True, keyset=True))
+    old_probes = _trace_probes(_plan(old_db_url, write=True, keyset=True))
+    assert new_probes["response_id"] == old_probes["response_id"] > 0
+    # by call id: request_id and the column on the new schema, request_id alone on the old one
+    assert new_probes["pkey"] == 2 * old_probes["pkey"] > 0

@@ -164,3 +164,19 @@ def test_window_quantiles_in_seconds_with_groups_capped(db_url: str) -> None:
     assert set(full) == {"big", "mid", "small", "unknown"}
     assert full["small"] == {"0.5": pytest.approx(2.0), "0.9": pytest.approx(2.0),
                              "0.95": pytest.approx(2.0), "0.99": pytest.approx(2.0)}
+
+
+def test_refresh_of_one_day_leaves_its_neighbours_alone(db_url: str) -> None:
+    d1, d2, d3 = date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12)
+    with connect(db_url) as conn:
+        for i, day in enumerate((d1, d2, d3)):
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            spend_log(conn, f"first-{i}", start, ttft_ms=100 + i)
+            spend_log(conn, f"last-{i}", start + timedelta(days=1) - MS, ttft_ms=200 + i)
+        assert refresh_ttft_daily(conn, [d1, d3]) == 2
+        conn.execute(text('UPDATE "LiteLLM_SpendLogs" SET model_group = \'renamed\''))
+        assert refresh_ttft_daily(conn, [d2]) == 1
+        daily = {r.day: (r.model_group, r.n, r.p50_ms)
+                 for r in conn.execute(text("SELECT * FROM ttft_reconcile.ttft_daily")).all()}
+    assert daily == {d1: ("claude-sonnet", 2, pytest.approx(150.0)), d2: ("renamed", 2, pytest.approx(151.0)),
+                     d3: ("claude-sonnet", 2, pytest.approx(152.0))}

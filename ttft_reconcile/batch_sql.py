@@ -9,7 +9,7 @@ and evidence for every row. Instants: SpendLogs columns are naive UTC, trace col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import text
@@ -32,9 +32,6 @@ _TRACE_COLUMNS = (
     *POLICY_COLUMNS.values(), "chunk_count", "outcome",
 )
 
-# The marker of an audit row in the batch statement's result (not an outcome).
-_WRITTEN = "written"
-
 # Join strategy names, as the evidence records them (sorted order = the order below).
 _JOINS = (
     (JOIN_CALL_ID_COLUMN, "j_col"),
@@ -44,26 +41,18 @@ _JOINS = (
 
 
 @dataclass(frozen=True)
-class BatchRow:
-    """One scanned candidate and its final outcome (`changed` when the guarded write missed it)."""
-
-    request_id: str
-    start_time: datetime
-    outcome: str
-
-
-@dataclass(frozen=True)
 class BatchResult:
-    rows: list[BatchRow]
+    """What one batch did: candidates scanned, outcomes (`changed` when the guarded write missed a
+    `repaired` row), the keyset position of its last candidate and the UTC days its candidates lie in."""
 
-    @property
-    def last(self) -> Position | None:
-        return Position(self.rows[-1].start_time, self.rows[-1].request_id) if self.rows else None
+    scanned: int
+    outcomes: dict[str, int]
+    last: Position | None
+    days: frozenset[date]
 
     def counts(self) -> dict[str, int]:
         result = oc.empty_counts()
-        for row in self.rows:
-            result[row.outcome] += 1
+        result.update(self.outcomes)
         return result
 
 
@@ -132,12 +121,19 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         )
 
     # The chosen stream: all of the call's streams when a call id matched, else the streams
-    # carrying the response id (a response id alone may point at several calls: '*').
+    # carrying the response id (a response id alone may point at several calls: '*'). A schema
+    # without SpendLogs' litellm_call_id column has no `col` strategy: no probe is planned for it.
+    has_col = shape.has_litellm_call_id
     picked = ", ".join(
-        f"CASE WHEN req.litellm_call_id IS NOT NULL THEN req.{c} WHEN col.litellm_call_id IS NOT NULL"
-        f" THEN col.{c} ELSE resp.{c} END AS s_{c}"
+        f"CASE WHEN req.litellm_call_id IS NOT NULL THEN req.{c}"
+        + (f" WHEN col.litellm_call_id IS NOT NULL THEN col.{c}" if has_col else "")
+        + f" ELSE resp.{c} END AS s_{c}"
         for c in (*_TRACE_COLUMNS, "streams")
     )
+    j_col = ("CASE WHEN c.col_id = c.request_id THEN req.litellm_call_id ELSE col.litellm_call_id END"
+             if has_col else "NULL::text")
+    col_probe = (streams("col", "c.col_id <> '' AND c.col_id <> c.request_id AND t.litellm_call_id = c.col_id")
+                 if has_col else "")
     instants = ", ".join(f"{_naive('s_' + column, 'j')} AS i_{p}" for p, column in POLICY_COLUMNS.items())
     return (
         "WITH cand AS MATERIALIZED ("
@@ -152,13 +148,13 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         "), joined AS MATERIALIZED ("
         # Which call each strategy points at; an empty id is no evidence and never joins.
         " SELECT c.*, req.litellm_call_id AS j_req,"
-        " CASE WHEN c.col_id = c.request_id THEN req.litellm_call_id ELSE col.litellm_call_id END AS j_col,"
+        f" {j_col} AS j_col,"
         " CASE WHEN resp.first_call = resp.last_call THEN resp.first_call"
         " WHEN resp.first_call IS NOT NULL THEN '*' END AS j_resp,"
         f" {picked}"
         " FROM cand c"
         + streams("req", "c.request_id <> '' AND t.litellm_call_id = c.request_id")
-        + streams("col", "c.col_id <> '' AND c.col_id <> c.request_id AND t.litellm_call_id = c.col_id")
+        + col_probe
         + streams("resp", "c.request_id <> '' AND t.response_id = c.request_id")
         + "), traced AS ("
         # How many different calls the three strategies point at ('*' counts as one more).
@@ -201,19 +197,33 @@ def trace_window(since: datetime, until: datetime) -> dict[str, datetime]:
             "trace_hi": (until + TRACE_JOIN_SLACK).replace(tzinfo=timezone.utc)}
 
 
+def _tally_sql(written: str) -> str:
+    """The batch's one result row: candidates, outcome counts, rows audited (`written`), the last
+    candidate's keyset position and its candidates' UTC days. Scalar subqueries only, so no
+    intermediate result is joined to another and Python receives one row, not one per candidate."""
+    return (
+        " SELECT (SELECT count(*) FROM decided) AS scanned,"
+        " (SELECT jsonb_object_agg(x.outcome, x.n) FROM"
+        "  (SELECT outcome, count(*) AS n FROM decided GROUP BY outcome) x) AS outcomes,"
+        f" {written} AS written,"
+        " (SELECT start_time FROM decided ORDER BY start_time DESC, request_id DESC LIMIT 1) AS last_start,"
+        " (SELECT request_id FROM decided ORDER BY start_time DESC, request_id DESC LIMIT 1) AS last_id,"
+        " (SELECT array_agg(DISTINCT start_time::date) FROM decided) AS days"
+    )
+
+
 def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: bool) -> str:
     """The text of one batch: decide every candidate and, when `write`, the guarded UPDATE and audit.
 
     Parameters: since, until, call_types, tolerance_ms, limit, hold_rolled_back, run_id, policy,
-    trace_lo/trace_hi (`trace_window`), and after_start/after_id when `keyset`. Rows:
-    (request_id, start_time, outcome), plus one (request_id, start_time, 'written') per audit
-    row, ordered by ("startTime", request_id).
+    trace_lo/trace_hi (`trace_window`), and after_start/after_id when `keyset`. One row:
+    (scanned, outcomes as {outcome: count}, written, last_start, last_id, days).
     """
     if policy not in POLICY_COLUMNS:
         raise ValueError(f"unknown policy {policy!r}")
     sql = _decided_sql(shape, policy=policy, keyset=keyset)
     if not write:
-        return sql + " SELECT d.request_id, d.start_time, d.outcome FROM decided d ORDER BY d.start_time, d.request_id"
+        return sql + _tally_sql("0")
     touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
     # The UPDATE returns the decided rows it wrote, so the audit INSERT reads them directly.
     return sql + (
@@ -230,12 +240,9 @@ def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: 
         f" {_ms('d.new_cst', 'd.start_time')}, d.trace_call_id, d.stream_seq, d.call_type, d.model_group,"
         f" {_evidence()}"
         " FROM updated d"
-        " RETURNING request_id, start_time"
+        " RETURNING 1"
         ")"
-        " SELECT request_id, start_time, outcome FROM decided"
-        f" UNION ALL SELECT request_id, start_time, '{_WRITTEN}' FROM audited"
-        " ORDER BY 2, 1"
-    )
+    ) + _tally_sql("(SELECT count(*) FROM audited)")
 
 
 def reconcile_batch(
@@ -256,7 +263,7 @@ def reconcile_batch(
     """Scan the next `limit` candidates of [since, until) (naive UTC) after `after`, decide each,
     and (when `write`) apply the guarded UPDATE and its audit rows, all in one statement.
 
-    A `repaired` row the guard refused (its value changed since it was read) comes back `changed`.
+    A `repaired` row the guard refused (its value changed since it was read) counts as `changed`.
     """
     sql = batch_statement(shape, policy=policy, keyset=after is not None, write=write)
     params: dict[str, Any] = {
@@ -273,15 +280,16 @@ def reconcile_batch(
     if after is not None:
         params["after_start"] = after.start_time
         params["after_id"] = after.request_id
-    rows = conn.execute(text(sql), params).all()
-    if not write:
-        return BatchResult([BatchRow(str(r[0]), r[1], str(r[2])) for r in rows])
-    written = {(r[0], r[1]) for r in rows if r[2] == _WRITTEN}
-    # A `repaired` row the guarded UPDATE did not write changed under us: it is `changed`.
-    return BatchResult([
-        BatchRow(str(r[0]), r[1], oc.CHANGED if r[2] == oc.REPAIRED and (r[0], r[1]) not in written else str(r[2]))
-        for r in rows if r[2] != _WRITTEN
-    ])
+    scanned, outcomes, written, last_start, last_id, days = conn.execute(text(sql), params).one()
+    found = {str(k): int(v) for k, v in (outcomes or {}).items()}
+    if write:
+        # Every audit row is a repaired row the guarded UPDATE wrote; the rest changed under us.
+        missed = found.get(oc.REPAIRED, 0) - int(written)
+        if missed:
+            found[oc.REPAIRED] -= missed
+            found[oc.CHANGED] = found.get(oc.CHANGED, 0) + missed
+    last = Position(last_start, str(last_id)) if scanned else None
+    return BatchResult(int(scanned), found, last, frozenset(days or ()))
 
 
 def decide_sql_for_tests(shape: SpendLogsShape, policy: str) -> str:

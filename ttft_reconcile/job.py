@@ -165,7 +165,8 @@ def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
 
 
 def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id: int) -> None:
-    """Rebuild ttft_daily for the touched UTC days, one day per transaction, heartbeating each."""
+    """Rebuild ttft_daily for the touched UTC days, one day per transaction, heartbeating each:
+    a day is the most SpendLogs one statement reads, however busy the proxy."""
     if not days or settings.dry_run:
         return
     from ttft_reconcile import dashboard
@@ -292,7 +293,7 @@ def _reconcile_range(
             if batch.last is None:
                 ctx.stop.in_batch = False
                 return True
-            scanned = len(batch.rows)
+            scanned = batch.scanned
             counts = batch.counts()
             queries.add_run_counts(conn, ctx.run_id, scanned, counts)
             position = batch.last
@@ -300,7 +301,7 @@ def _reconcile_range(
                 on_commit(conn, position, scanned)
         ctx.stop.in_batch = False
         tally.add(scanned, counts)
-        tally.days.update(row.start_time.date() for row in batch.rows)
+        tally.days.update(batch.days)
         if ctx.progress is not None:
             ctx.progress(
                 Progress(
