@@ -1,9 +1,8 @@
 """Storage of stream_traces and corrections per million streams (for the README's sizing table).
 
 Creates a throwaway database next to the one in the URL, migrates it, inserts N realistic trace
-rows (day-partitioned, capped offset arrays) and N corrections with the job's evidence JSON,
-and prints pg_total_relation_size per row and per million rows, before and after compacting
-the evidence. Sizes, not timings.
+rows (day-partitioned, capped offset arrays) and N corrections with the job's typed evidence,
+and prints pg_total_relation_size per row and per million rows. Sizes, not timings.
 
     python bench/publish_sizing.py postgresql://postgres@127.0.0.1:5432/postgres [--rows 100000]
 """
@@ -11,7 +10,6 @@ the evidence. Sizes, not timings.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -19,7 +17,6 @@ import psycopg
 from ttft_reconcile.db import make_engine
 from ttft_reconcile.dburl import parse_database_url
 from ttft_reconcile.migrate import upgrade
-from ttft_reconcile.prune import compact_evidence_batch
 
 TRACES = """
 INSERT INTO ttft_reconcile.stream_traces (litellm_call_id, stream_seq, response_id, route, call_type, provider, model,
@@ -42,20 +39,13 @@ FROM generate_series(1, %(rows)s) AS i,
 
 CORRECTIONS = """
 INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy, old_completion_start_time,
-    new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)
+    new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, joined_by, streams,
+    trace_outcome, chunk_count, request_start_at, api_call_start_at, first_chunk_at, first_event_at,
+    first_output_at, first_visible_at)
 SELECT cid, st, %(run)s, 'first_chunk', st + interval '2400 ms', st + interval '310 ms', 310, cid, 0,
-       'anthropic_messages', 'claude-sonnet',
-       jsonb_build_object(
-           'instants', jsonb_build_object(
-               'first_chunk', st + interval '310 ms', 'first_event', st + interval '311 ms',
-               'first_output', st + interval '612 ms', 'first_visible', st + interval '612 ms'),
-           'join', jsonb_build_array('request_id=litellm_call_id'), 'litellm_call_id', cid, 'stream_seq', 0,
-           'streams', 1, 'trace_outcome', 'completed', 'chunk_count', 42,
-           'request_start_at', st - interval '200 ms', 'api_call_start_at', st - interval '196 ms',
-           'ttft_ms_from_request_start', jsonb_build_object('first_chunk', 510.0, 'first_event', 511.0,
-                                                            'first_output', 812.0, 'first_visible', 812.0),
-           'ttft_ms_from_api_call_start', jsonb_build_object('first_chunk', 506.0, 'first_event', 507.0,
-                                                             'first_output', 808.0, 'first_visible', 808.0))
+       'anthropic_messages', 'claude-sonnet', ARRAY['request_id=litellm_call_id'], 1, 'completed', 42,
+       st - interval '200 ms', st - interval '196 ms', st + interval '310.512 ms', st + interval '311.02 ms',
+       st + interval '612.3 ms', st + interval '612.3 ms'
 FROM generate_series(1, %(rows)s) AS i,
      LATERAL (SELECT gen_random_uuid()::text AS cid,
                      CAST(timestamp '2026-11-01' + (i::double precision / %(rows)s) * interval '7 days' AS timestamp(3))
@@ -104,20 +94,10 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE")
             traces = conn.execute(TRACE_SIZE).fetchone()
             corrections = conn.execute(CORRECTION_SIZE).fetchone()
-        engine = make_engine(parse_database_url(url))
-        try:
-            with engine.begin() as sa_conn:  # what `prune-traces --compact-evidence-older-than` does
-                compact_evidence_batch(sa_conn, datetime(2100, 1, 1, tzinfo=timezone.utc), args.rows)
-        finally:
-            engine.dispose()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM FULL ttft_reconcile.corrections")
-            compacted = conn.execute(CORRECTION_SIZE).fetchone()
-        assert traces is not None and corrections is not None and compacted is not None
+        assert traces is not None and corrections is not None
         print(f"{args.rows} rows each")
         print(_line("stream_traces (partitions + indexes)", int(traces[0]), args.rows))
         print(_line("corrections (with evidence)", int(corrections[0]), args.rows))
-        print(_line("corrections (evidence compacted)", int(compacted[0]), args.rows))
     finally:
         with psycopg.connect(args.admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -225,14 +225,13 @@ _FLOOR_UPDATE = (
 )
 _FLOOR_AUDIT = (
     "INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
-    " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)"
+    " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, joined_by, streams,"
+    " trace_outcome, chunk_count, request_start_at, api_call_start_at, first_chunk_at, first_event_at,"
+    " first_output_at, first_visible_at)"
     " SELECT f.request_id, f.start_time, %(run_id)s, 'first_chunk', f.old_cst, f.new_cst,"
-    " extract(epoch FROM f.new_cst - f.start_time) * 1000, f.litellm_call_id, 0, 'anthropic_messages', 'm',"
-    " jsonb_build_object('instants', jsonb_build_object('first_chunk', to_jsonb(f.new_cst),"
-    " 'first_event', to_jsonb(f.new_cst), 'first_output', to_jsonb(f.new_cst), 'first_visible', to_jsonb(f.new_cst)),"
-    " 'join', '[\"request_id=litellm_call_id\"]'::jsonb, 'litellm_call_id', f.litellm_call_id, 'stream_seq', 0,"
-    " 'streams', 1, 'trace_outcome', 'completed', 'chunk_count', 40, 'request_start_at', to_jsonb(f.start_time),"
-    " 'api_call_start_at', to_jsonb(f.start_time))"
+    " round((extract(epoch FROM f.new_cst - f.start_time) * 1000)::numeric, 3)::float8, f.litellm_call_id, 0,"
+    " 'anthropic_messages', 'm', ARRAY['request_id=litellm_call_id'], 1, 'completed', 40, f.start_time,"
+    " f.start_time, f.new_cst, f.new_cst, f.new_cst, f.new_cst"
     " FROM floor_rows f"
 )
 

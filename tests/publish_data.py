@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ttft_reconcile.db import make_engine
 from ttft_reconcile.dburl import parse_database_url
+from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.timeparse import round_to_millisecond
 
 UTC = timezone.utc
@@ -123,28 +124,26 @@ def correct(
 ) -> int:
     """Write a correction the way the job does: audit row + guarded UPDATE of SpendLogs."""
     new = round_to_millisecond(row["start"] + timedelta(milliseconds=ttft_ms))
-    evidence = {
-        "instants": {policy: new.replace(tzinfo=UTC).isoformat()},
-        "ttft_ms_from_request_start": {policy: ttft_ms + 150.0},
-        "ttft_ms_from_api_call_start": {policy: ttft_ms + 150.0 - api_call_offset_ms},
-        "chunk_count": 22,
-        "join": ["request_id=litellm_call_id"],
-        "stream_seq": 0,
-        "litellm_call_id": litellm_call_id or row["request_id"],
-    }
+    request_start = row["start"] - timedelta(milliseconds=150)
+    instants = {name: None for name in POLICY_COLUMNS.values()}
+    instants[POLICY_COLUMNS[policy]] = row["start"] + timedelta(milliseconds=ttft_ms)
     correction_id = int(
         conn.execute(
             text(
                 "INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy,"
                 " old_completion_start_time, new_completion_start_time, ttft_ms, litellm_call_id, stream_seq,"
-                " call_type, model_group, evidence)"
-                " VALUES (:rid, :start, :run, :policy, :old, :new, :ttft, :cid, 0, :ct, :mg, CAST(:ev AS jsonb))"
+                " call_type, model_group, joined_by, streams, trace_outcome, chunk_count, request_start_at,"
+                " api_call_start_at, first_chunk_at, first_event_at, first_output_at, first_visible_at)"
+                " VALUES (:rid, :start, :run, :policy, :old, :new, :ttft, :cid, 0, :ct, :mg,"
+                " ARRAY['request_id=litellm_call_id'], 1, 'completed', 22, :rs, :acs,"
+                " :first_chunk_at, :first_event_at, :first_output_at, :first_visible_at)"
                 " RETURNING id"
             ),
             {
                 "rid": row["request_id"], "start": row["start"], "run": run_id, "policy": policy,
                 "old": row["cst"], "new": new, "ttft": ttft_ms, "cid": litellm_call_id or row["request_id"],
-                "ct": row["call_type"], "mg": row["model_group"], "ev": json.dumps(evidence),
+                "ct": row["call_type"], "mg": row["model_group"], "rs": request_start,
+                "acs": request_start + timedelta(milliseconds=api_call_offset_ms), **instants,
             },
         ).scalar_one()
     )

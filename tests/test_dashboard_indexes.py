@@ -54,9 +54,9 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
             RETURNING request_id, "startTime", "endTime", "completionStartTime", call_type, model_group
         )
         INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy, old_completion_start_time,
-            new_completion_start_time, ttft_ms, call_type, model_group, evidence)
+            new_completion_start_time, ttft_ms, call_type, model_group, joined_by)
         SELECT request_id, "startTime", (SELECT max(id) FROM ttft_reconcile.runs), 'first_chunk', "endTime",
-               "completionStartTime", 300, call_type, model_group, '{"join": ["request_id=litellm_call_id"]}'
+               "completionStartTime", 300, call_type, model_group, ARRAY['request_id=litellm_call_id']
         FROM fixed
         """,
         (ROWS,),

@@ -78,7 +78,7 @@ def test_no_trace_explains_rows_older_than_the_capture(db_url: str) -> None:
         untraced = explain(conn, "untraced")
     assert none_yet.verdict == "no_trace" and "is the capture installed" in none_yet.reason
     assert before_capture.verdict == "no_trace" and "before the capture was installed" in before_capture.reason
-    assert untraced.verdict == "no_trace" and "no trace within a day" in untraced.reason
+    assert untraced.verdict == "no_trace" and "no trace within an hour" in untraced.reason
 
 
 def test_other_verdicts(db_url: str) -> None:

@@ -52,7 +52,7 @@ def test_plain_number_evidence_is_accepted(db_url: str) -> None:
     _seed(db_url)
     with connect(db_url) as conn:
         conn.execute(text(
-            "UPDATE ttft_reconcile.corrections SET evidence = '{\"ttft_ms_from_request_start\": 42.5}'"
+            "UPDATE ttft_reconcile.corrections SET legacy_evidence = '{\"ttft_ms_from_request_start\": 42.5}'"
             " WHERE request_id = 'req-a'"))
         a = next(iter_corrections(conn, DAY, DAY + timedelta(days=1)))
     assert (a.ttft_ms_from_request_start, a.ttft_ms_from_api_call_start) == (42.5, None)
@@ -78,7 +78,7 @@ def test_csv_and_jsonl_through_the_cli(db_url: str, tmp_path) -> None:
 def test_write_csv_leaves_null_cells_empty(db_url: str) -> None:
     _seed(db_url)
     with connect(db_url) as conn:
-        conn.execute(text("UPDATE ttft_reconcile.corrections SET evidence = '{}'"))
+        conn.execute(text("UPDATE ttft_reconcile.corrections SET legacy_evidence = '{}'"))
         buffer = io.StringIO()
         count = write_csv(iter_corrections(conn, DAY, DAY + timedelta(days=1)), buffer)
     assert count == 2

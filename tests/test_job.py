@@ -131,7 +131,7 @@ def test_every_outcome_once_and_counts_add_up(any_era_db_url: str, policy: str) 
             assert row == (True,), key
         audit = conn.execute(
             "SELECT request_id, policy, old_completion_start_time, new_completion_start_time, ttft_ms,"
-            " evidence->'join', status FROM ttft_reconcile.corrections WHERE request_id = %s",
+            " ttft_reconcile.evidence(c)->'join', status FROM ttft_reconcile.corrections c WHERE request_id = %s",
             (ids["repaired"],)).fetchall()
         assert len(audit) == 1
         assert audit[0][1] == policy

@@ -71,11 +71,17 @@ def test_drops_whole_partitions_before_the_cutoff_and_trims_default(db_url: str)
 
 
 def test_evidence_is_compacted_and_corrections_kept(db_url: str) -> None:
+    """Evidence JSON kept from before schema 0003 is compacted past the cutoff; newer corrections
+    keep their typed evidence (already compact) and every correction stays."""
     with connect(db_url) as conn:
         run = run_row(conn)
-        for i, back in enumerate((200, 190, 5)):
+        for i, back in enumerate((200, 190, 5, 200)):
             row = spend_log(conn, f"r{i}", NOW - timedelta(days=back), ttft_ms=None)
             correct(conn, row, run, ttft_ms=300)
+        # r0..r2 as written before schema 0003: their evidence is JSON
+        conn.execute(text(
+            "UPDATE ttft_reconcile.corrections c SET legacy_evidence = ttft_reconcile.evidence(c),"
+            " joined_by = NULL, first_chunk_at = NULL WHERE request_id IN ('r0', 'r1', 'r2')"))
     engine = engine_for(db_url)
     try:
         dry = prune_traces(engine, SessionLimits(), cutoff=NOW - timedelta(days=30),
@@ -88,12 +94,14 @@ def test_evidence_is_compacted_and_corrections_kept(db_url: str) -> None:
         engine.dispose()
     assert (dry.evidence_compacted, result.evidence_compacted, again.evidence_compacted) == (2, 2, 0)
     with connect(db_url) as conn:
-        evidence = dict(conn.execute(text("SELECT request_id, evidence FROM ttft_reconcile.corrections")).all())
-    assert len(evidence) == 3
+        evidence = dict(conn.execute(text(
+            "SELECT request_id, ttft_reconcile.evidence(c) FROM ttft_reconcile.corrections c")).all())
+    assert len(evidence) == 4
     assert evidence["r0"] == {"compacted": True, "join": ["request_id=litellm_call_id"],
                               "ttft_ms_from_request_start": {"first_chunk": 450.0},
                               "ttft_ms_from_api_call_start": {"first_chunk": 250.0}}
     assert "instants" in evidence["r2"] and "compacted" not in evidence["r2"]
+    assert evidence["r3"]["instants"]["first_chunk"] and "compacted" not in evidence["r3"]
 
 
 def test_cli_dry_run_json_and_ensure_partitions(db_url: str) -> None:

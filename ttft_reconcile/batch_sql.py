@@ -27,16 +27,31 @@ from ttft_reconcile.joins import (
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.queries import Position, S
 
-_TRACE_COLUMNS = (
-    "litellm_call_id", "stream_seq", "response_id", "request_start_at", "api_call_start_at",
-    *POLICY_COLUMNS.values(), "chunk_count", "outcome",
-)
+# How the batch statement is planned (for its transaction; PLANNER_DEFAULTS restores the
+# session's settings after it): every table is read through an index range (SpendLogs in keyset
+# order, traces and corrections by start time, written rows by TID) and every join is a hash
+# join. No statistics, however stale or missing, can then turn a batch into a scan of SpendLogs
+# (a larger LIMIT made Postgres sort a parallel sequential scan) or a join into a nested loop.
+_PLANNER = {"enable_nestloop": "off", "enable_mergejoin": "off", "enable_seqscan": "off",
+            "enable_bitmapscan": "off", "max_parallel_workers_per_gather": "0",
+            # a batch's hashes and materialized steps stay in memory (a few MB at 20,000 rows)
+            "work_mem": "64MB"}
+BATCH_PLAN_SETTINGS = "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in _PLANNER.items())
+PLANNER_DEFAULTS = ("SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ("
+                    + ", ".join(f"'{k}'" for k in _PLANNER) + ")")
 
-# Join strategy names, as the evidence records them (sorted order = the order below).
-_JOINS = (
-    (JOIN_CALL_ID_COLUMN, "j_col"),
-    (JOIN_REQUEST_ID, "j_req"),
-    (JOIN_RESPONSE_ID, "j_resp"),
+# The join strategies: (name in the evidence, key of the candidate, trace column it matches).
+# The evidence lists the names in sorted order, which is the order here.
+_STRATEGIES = (
+    (JOIN_CALL_ID_COLUMN, "col", "col_id", "litellm_call_id"),
+    (JOIN_REQUEST_ID, "req", "request_id", "litellm_call_id"),
+    (JOIN_RESPONSE_ID, "resp", "request_id", "response_id"),
+)
+# What the audit row keeps of the chosen stream (corrections column <- `best` column).
+_EVIDENCE_COLUMNS = (
+    ("streams", "streams"), ("trace_outcome", "outcome"), ("chunk_count", "chunk_count"),
+    ("request_start_at", "request_start"), ("api_call_start_at", "api_call_start"),
+    *((column, column) for column in POLICY_COLUMNS.values()),
 )
 
 
@@ -56,11 +71,6 @@ class BatchResult:
         return result
 
 
-def _iso(expr: str) -> str:
-    """A naive timestamp as JSON, ISO 8601 with the fraction's trailing zeros trimmed (or null)."""
-    return f"to_jsonb({expr})"
-
-
 def _ms(later: str, earlier: str) -> str:
     """`later - earlier` in milliseconds, rounded to 3 places (NULL when either is NULL)."""
     return f"round((extract(epoch FROM ({later}) - ({earlier})) * 1000)::numeric, 3)::float8"
@@ -71,113 +81,117 @@ def _naive(column: str, alias: str = "t") -> str:
     return f"CASE WHEN isfinite({alias}.{column}) THEN {alias}.{column} AT TIME ZONE 'UTC' END"
 
 
-def _evidence() -> str:
-    instants = ", ".join(f"'{p}', {_iso('d.i_' + p)}" for p in POLICY_COLUMNS)
-    origins = []
-    for origin, start in (("request_start", "d.request_start"), ("api_call_start", "d.api_call_start")):
-        per_policy = ", ".join(f"'{p}', {_ms('d.i_' + p, start)}" for p in POLICY_COLUMNS)
-        origins.append(f"'ttft_ms_from_{origin}', jsonb_build_object({per_policy})")
-    joins = ", ".join(f"CASE WHEN d.{flag} IS NOT NULL THEN '{name}' END" for name, flag in _JOINS)
-    return (
-        "jsonb_build_object("
-        f"'instants', jsonb_build_object({instants}),"
-        f" 'join', to_jsonb(array_remove(ARRAY[{joins}]::text[], NULL)),"
-        " 'litellm_call_id', d.trace_call_id, 'stream_seq', d.stream_seq, 'streams', d.streams,"
-        " 'trace_outcome', d.trace_outcome, 'chunk_count', d.chunk_count,"
-        f" 'request_start_at', {_iso('d.request_start')}, 'api_call_start_at', {_iso('d.api_call_start')},"
-        f" {', '.join(origins)})"
-    )
-
-
-def _near(row: str) -> str:
-    """Traces whose request_start_at lies within TRACE_JOIN_SLACK of the row's startTime. The
-    constant bounds of the whole window (:trace_lo, :trace_hi) let the planner drop every other
-    day partition up front instead of probing each one per candidate."""
-    slack = f"interval '{TRACE_JOIN_SLACK_SQL}'"
-    return (f"t.request_start_at >= :trace_lo AND t.request_start_at < :trace_hi"
-            f" AND t.request_start_at >= ({row}.start_time AT TIME ZONE 'UTC') - {slack}"
-            f" AND t.request_start_at < ({row}.start_time AT TIME ZONE 'UTC') + {slack}")
-
-
-def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
-    """CTEs ending in `decided`: one row per candidate with its outcome and, if repaired, the repair.
-
-    Every lookup is a LATERAL probe of an index (stream_traces, corrections) per candidate; no two
-    intermediate results are ever joined to each other, so the plan stays linear in the batch size
-    whatever the planner believes about row counts (a never-analyzed table, a fresh partition).
-    """
+def _candidates(shape: SpendLogsShape, *, keyset: bool) -> str:
+    """The next :limit candidates in keyset order, with the physical address they were read at."""
     call_id = "litellm_call_id" if shape.has_litellm_call_id else "NULL::text"
+    row_rel = ", tableoid AS row_rel" if shape.partitioned else ""
     after = ' AND ("startTime", request_id) > (:after_start, :after_id)' if keyset else ""
-    cols = ", ".join(f"t.{c}" for c in _TRACE_COLUMNS)
-
-    def streams(alias: str, condition: str) -> str:
-        # The streams one strategy finds, best first: the lowest stream_seq that completed, else
-        # the lowest; ties go to the earliest recording. How many, and the calls they belong to.
-        return (
-            f" LEFT JOIN LATERAL (SELECT {cols}, count(*) OVER () AS streams,"
-            " min(t.litellm_call_id) OVER () AS first_call, max(t.litellm_call_id) OVER () AS last_call"
-            f" FROM {S}.stream_traces t WHERE {condition} AND {_near('c')}"
-            f" ORDER BY t.outcome <> 'completed', t.stream_seq, t.request_start_at LIMIT 1) {alias} ON true"
-        )
-
-    # The chosen stream: all of the call's streams when a call id matched, else the streams
-    # carrying the response id (a response id alone may point at several calls: '*'). A schema
-    # without SpendLogs' litellm_call_id column has no `col` strategy: no probe is planned for it.
-    has_col = shape.has_litellm_call_id
-    picked = ", ".join(
-        f"CASE WHEN req.litellm_call_id IS NOT NULL THEN req.{c}"
-        + (f" WHEN col.litellm_call_id IS NOT NULL THEN col.{c}" if has_col else "")
-        + f" ELSE resp.{c} END AS s_{c}"
-        for c in (*_TRACE_COLUMNS, "streams")
-    )
-    j_col = ("CASE WHEN c.col_id = c.request_id THEN req.litellm_call_id ELSE col.litellm_call_id END"
-             if has_col else "NULL::text")
-    col_probe = (streams("col", "c.col_id <> '' AND c.col_id <> c.request_id AND t.litellm_call_id = c.col_id")
-                 if has_col else "")
-    instants = ", ".join(f"{_naive('s_' + column, 'j')} AS i_{p}" for p, column in POLICY_COLUMNS.items())
     return (
-        "WITH cand AS MATERIALIZED ("
-        ' SELECT request_id, call_type, "startTime" AS start_time, "endTime" AS end_time,'
-        f' "completionStartTime" AS old_cst, api_base, model_group, {call_id} AS col_id'
+        f' SELECT ctid AS row_ctid{row_rel}, request_id, call_type, "startTime" AS start_time,'
+        ' "endTime" AS end_time, "completionStartTime" AS old_cst, api_base, model_group,'
+        f" {call_id} AS col_id"
         f" FROM {shape.qualified}"
         ' WHERE "startTime" >= :since AND "startTime" < :until' + after
         + " AND call_type = ANY(:call_types)"
+        # |endTime - completionStartTime| <= tolerance, in integer timestamp arithmetic
         ' AND ("completionStartTime" IS NULL'
-        ' OR abs(extract(epoch FROM ("endTime" - "completionStartTime"))) * 1000 <= :tolerance_ms)'
+        " OR (\"completionStartTime\" >= \"endTime\" - :tolerance_ms * interval '1 millisecond'"
+        " AND \"completionStartTime\" <= \"endTime\" + :tolerance_ms * interval '1 millisecond'))"
         ' ORDER BY "startTime", request_id LIMIT :limit'
-        "), joined AS MATERIALIZED ("
-        # Which call each strategy points at; an empty id is no evidence and never joins.
-        " SELECT c.*, req.litellm_call_id AS j_req,"
-        f" {j_col} AS j_col,"
-        " CASE WHEN resp.first_call = resp.last_call THEN resp.first_call"
+    )
+
+
+def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
+    """CTEs ending in `decided`: one row per candidate with its outcome and, if repaired, the new
+    value and which strategy's stream (`pick`) it came from; `best` holds those streams.
+
+    The traces near the batch are read once, by a range scan of their start-time index, and
+    hash-joined to the candidates (`BATCH_PLAN_SETTINGS`): the cost is linear in the batch and
+    in the traces of its time span whatever the planner believes about row counts (a
+    never-analyzed table, a fresh day partition), and no candidate pays for a probe of its own.
+    """
+    slack = f"interval '{TRACE_JOIN_SLACK_SQL}'"
+    strategies = [s for s in _STRATEGIES if s[1] != "col" or shape.has_litellm_call_id]
+    aliases = [alias for _, alias, _, _ in strategies]
+
+    def hits(alias: str, key: str, column: str) -> str:
+        # The streams one strategy finds for a candidate: those sharing the id and starting within
+        # TRACE_JOIN_SLACK of its startTime. An empty id is no evidence and never joins; the
+        # column strategy adds nothing when the column repeats the request id.
+        extra = " AND c.col_id <> c.request_id" if alias == "col" else ""
+        return (
+            f" SELECT c.request_id AS rid, c.start_time AS rst, '{alias}' AS strategy, t.*"
+            f" FROM cand c JOIN near t ON t.{column} = c.{key}"
+            f" WHERE c.{key} <> ''{extra}"
+            f" AND t.request_start >= c.start_time - {slack} AND t.request_start < c.start_time + {slack}"
+        )
+
+    def pick(alias: str) -> str:
+        return (f" LEFT JOIN best {alias} ON {alias}.strategy = '{alias}'"
+                f" AND {alias}.rid = c.request_id AND {alias}.rst = c.start_time")
+
+    # Which call each strategy points at ('*': a response id shared by several calls). The
+    # column strategy, when the column repeats the request id, points where the request id does.
+    j_col = ("CASE WHEN c.col_id = c.request_id THEN req.litellm_call_id ELSE col.litellm_call_id END"
+             if shape.has_litellm_call_id else "NULL::text")
+    # The chosen stream: all of the call's streams when a call id matched, else the streams
+    # carrying the response id.
+    chosen = " ".join(f"WHEN {a}.litellm_call_id IS NOT NULL THEN '{a}'" for a in aliases)
+    chosen_instant = " ".join(f"WHEN {a}.litellm_call_id IS NOT NULL THEN {a}.{POLICY_COLUMNS[policy]}"
+                              for a in aliases)
+    return (
+        "WITH cand AS MATERIALIZED (" + _candidates(shape, keyset=keyset) + ")"
+        ", span AS MATERIALIZED ("
+        " SELECT min(start_time) AS first_start, max(start_time) AS last_start FROM cand"
+        "), near AS MATERIALIZED ("
+        # Every stream that may belong to a candidate, its instants as naive UTC. The window's
+        # constant bounds drop the other day partitions when the statement is planned.
+        " SELECT t.litellm_call_id, t.stream_seq, t.response_id, t.outcome, t.chunk_count,"
+        f" t.request_start_at AT TIME ZONE 'UTC' AS request_start, {_naive('api_call_start_at')} AS api_call_start,"
+        + ", ".join(f"{_naive(column)} AS {column}" for column in POLICY_COLUMNS.values())
+        + f" FROM {S}.stream_traces t"
+        " WHERE t.request_start_at >= :trace_lo AND t.request_start_at < :trace_hi"
+        f" AND t.request_start_at >= ((SELECT first_start FROM span) AT TIME ZONE 'UTC') - {slack}"
+        f" AND t.request_start_at < ((SELECT last_start FROM span) AT TIME ZONE 'UTC') + {slack}"
+        "), best AS MATERIALIZED ("
+        # Per candidate and strategy: how many streams, the calls they belong to, and the best
+        # one: the lowest stream_seq that completed, else the lowest; ties to the earliest recording.
+        " SELECT DISTINCT ON (h.rid, h.rst, h.strategy) h.*,"
+        " count(*) OVER w AS streams, min(h.litellm_call_id) OVER w AS first_call,"
+        " max(h.litellm_call_id) OVER w AS last_call"
+        " FROM (" + " UNION ALL".join(hits(a, key, column) for _, a, key, column in strategies) + ") h"
+        " WINDOW w AS (PARTITION BY h.rid, h.rst, h.strategy)"
+        " ORDER BY h.rid, h.rst, h.strategy, h.outcome <> 'completed', h.stream_seq, h.request_start,"
+        " h.litellm_call_id"
+        "), joined AS ("
+        " SELECT c.row_ctid" + (", c.row_rel" if shape.partitioned else "") + ","
+        " c.request_id, c.start_time, c.end_time, c.old_cst, c.call_type, c.api_base, c.model_group,"
+        " req.litellm_call_id AS j_req,"
+        + (f" {j_col} AS j_col," if shape.has_litellm_call_id else " NULL::text AS j_col,")
+        + " CASE WHEN resp.first_call = resp.last_call THEN resp.first_call"
         " WHEN resp.first_call IS NOT NULL THEN '*' END AS j_resp,"
-        f" {picked}"
-        " FROM cand c"
-        + streams("req", "c.request_id <> '' AND t.litellm_call_id = c.request_id")
-        + col_probe
-        + streams("resp", "c.request_id <> '' AND t.response_id = c.request_id")
-        + "), traced AS ("
-        # How many different calls the three strategies point at ('*' counts as one more).
+        f" CASE {chosen} END AS pick, CAST(CASE {chosen_instant} END AS timestamp(3)) AS new_cst"
+        " FROM cand c" + "".join(pick(a) for a in aliases)
+        + "), valued AS ("
+        # How many different calls the strategies point at ('*' counts as one more), the new
+        # value, and whether the row carries a correction of ours (applied) or only reverted ones.
         " SELECT j.*, (j.j_req IS NOT NULL)::int + (j.j_col IS NOT NULL AND j.j_col IS DISTINCT FROM j.j_req)::int"
         " + (j.j_resp IS NOT NULL AND j.j_resp IS DISTINCT FROM j.j_req AND j.j_resp IS DISTINCT FROM j.j_col)::int"
-        " AS n_targets, j.s_litellm_call_id AS trace_call_id, j.s_stream_seq AS stream_seq, j.s_streams AS streams,"
-        " j.s_outcome AS trace_outcome, j.s_chunk_count AS chunk_count,"
-        f" {_naive('s_request_start_at', 'j')} AS request_start,"
-        f" {_naive('s_api_call_start_at', 'j')} AS api_call_start,"
-        f" {instants}"
+        " AS n_targets, o.applied"
         " FROM joined j"
-        "), valued AS ("
-        f" SELECT r.*, CAST(r.i_{policy} AS timestamp(3)) AS new_cst, o.applied"
-        " FROM traced r CROSS JOIN LATERAL (SELECT bool_or(co.status = 'applied') AS applied"
-        f"  FROM {S}.corrections co WHERE r.n_targets = 1 AND r.j_resp IS DISTINCT FROM '*'"
-        "  AND co.request_id = r.request_id AND co.start_time = r.start_time) o"
-        "), decided AS ("
+        " LEFT JOIN (SELECT co.request_id, co.start_time, bool_or(co.status = 'applied') AS applied"
+        f"  FROM {S}.corrections co WHERE co.start_time >= (SELECT first_start FROM span)"
+        "  AND co.start_time <= (SELECT last_start FROM span) GROUP BY co.request_id, co.start_time) o"
+        "  ON o.request_id = j.request_id AND o.start_time = j.start_time"
+        "), decided AS MATERIALIZED ("
         " SELECT v.*, CASE"
         f" WHEN v.j_resp = '*' OR v.n_targets > 1 THEN '{oc.AMBIGUOUS}'"
         " WHEN v.n_targets = 0 THEN CASE"
         "   WHEN (v.call_type = 'anthropic_messages' AND starts_with(v.request_id, 'chatcmpl-'))"
-        "     OR coalesce(v.api_base, '') ~ '/model/[^/]+/(invoke|converse)(\\?|$)'"
-        f"     OR coalesce(v.api_base, '') ~ '\\:rawPredict(\\?|$)' THEN '{oc.NOT_STREAMING}'"
+        # (the regular expressions run only where a cheap substring test says they may match)
+        "     OR (strpos(v.api_base, '/model/') > 0 AND v.api_base ~ '/model/[^/]+/(invoke|converse)(\\?|$)')"
+        "     OR (strpos(v.api_base, '\\:rawPredict') > 0 AND v.api_base ~ '\\:rawPredict(\\?|$)')"
+        f"     THEN '{oc.NOT_STREAMING}'"
         f"   ELSE '{oc.NO_TRACE}' END"
         f" WHEN v.new_cst IS NULL THEN '{oc.NO_FIRST_TOKEN}'"
         f" WHEN v.new_cst < v.start_time OR v.new_cst > v.end_time THEN '{oc.OUT_OF_BOUNDS}'"
@@ -197,18 +211,29 @@ def trace_window(since: datetime, until: datetime) -> dict[str, datetime]:
             "trace_hi": (until + TRACE_JOIN_SLACK).replace(tzinfo=timezone.utc)}
 
 
+def _joined_by(row: str) -> str:
+    """The names of the strategies that found a stream for `row`, sorted (NULLs left out)."""
+    flags = {"col": "j_col", "req": "j_req", "resp": "j_resp"}
+    names = ", ".join(f"CASE WHEN {row}.{flags[alias]} IS NOT NULL THEN '{name}' END"
+                      for name, alias, _, _ in _STRATEGIES)
+    return f"array_remove(ARRAY[{names}]::text[], NULL)"
+
+
+def _chosen_stream(row: str) -> str:
+    """A join of `row` (a `decided` row) to the stream its new value came from."""
+    return f" JOIN best b ON b.strategy = {row}.pick AND b.rid = {row}.request_id AND b.rst = {row}.start_time"
+
+
 def _tally_sql(written: str) -> str:
-    """The batch's one result row: candidates, outcome counts, rows audited (`written`), the last
-    candidate's keyset position and its candidates' UTC days. Scalar subqueries only, so no
-    intermediate result is joined to another and Python receives one row, not one per candidate."""
+    """The batch's one result row, from one pass over `decided`: candidates, outcome counts, rows
+    audited (`written`), the last candidate's keyset position and its candidates' UTC days."""
+    counts = ", ".join(f"'{name}', count(*) FILTER (WHERE d.outcome = '{name}')" for name in oc.OUTCOMES)
     return (
-        " SELECT (SELECT count(*) FROM decided) AS scanned,"
-        " (SELECT jsonb_object_agg(x.outcome, x.n) FROM"
-        "  (SELECT outcome, count(*) AS n FROM decided GROUP BY outcome) x) AS outcomes,"
-        f" {written} AS written,"
-        " (SELECT start_time FROM decided ORDER BY start_time DESC, request_id DESC LIMIT 1) AS last_start,"
-        " (SELECT request_id FROM decided ORDER BY start_time DESC, request_id DESC LIMIT 1) AS last_id,"
-        " (SELECT array_agg(DISTINCT start_time::date) FROM decided) AS days"
+        f" SELECT count(*) AS scanned, jsonb_build_object({counts}) AS outcomes, {written} AS written,"
+        " max(d.start_time) AS last_start,"
+        " max(d.request_id) FILTER (WHERE d.start_time = (SELECT last_start FROM span)) AS last_id,"
+        " array_agg(DISTINCT d.start_time::date) AS days"
+        " FROM decided d"
     )
 
 
@@ -217,7 +242,8 @@ def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: 
 
     Parameters: since, until, call_types, tolerance_ms, limit, hold_rolled_back, run_id, policy,
     trace_lo/trace_hi (`trace_window`), and after_start/after_id when `keyset`. One row:
-    (scanned, outcomes as {outcome: count}, written, last_start, last_id, days).
+    (scanned, outcomes as {outcome: count}, written, last_start, last_id, days). Run it under
+    BATCH_PLAN_SETTINGS (`reconcile_batch` does).
     """
     if policy not in POLICY_COLUMNS:
         raise ValueError(f"unknown policy {policy!r}")
@@ -225,22 +251,34 @@ def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: 
     if not write:
         return sql + _tally_sql("0")
     touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
+    # A TID is unique only within one partition of a partitioned SpendLogs; there the batch's
+    # span also prunes the partitions the TIDs are looked up in.
+    same_partition = (' AND s.tableoid = d.row_rel AND s."startTime" >= (SELECT first_start FROM span)'
+                      ' AND s."startTime" <= (SELECT last_start FROM span)') if shape.partitioned else ""
+    evidence_columns = ", ".join(column for column, _ in _EVIDENCE_COLUMNS)
+    evidence_values = ", ".join(f"b.{column}" for _, column in _EVIDENCE_COLUMNS)
     # The UPDATE returns the decided rows it wrote, so the audit INSERT reads them directly.
     return sql + (
         ", updated AS ("
         f' UPDATE {shape.qualified} AS s SET "completionStartTime" = d.new_cst{touch}'
-        f" FROM decided d WHERE d.outcome = '{oc.REPAIRED}'"
+        # The rows are reached at the physical address the scan read them from (a TID scan: no
+        # index probe, no join into the table). A row updated since then has moved on and no
+        # longer matches: the guard holds and the row counts as `changed`.
+        f" FROM decided d WHERE s.ctid = ANY (ARRAY(SELECT x.row_ctid FROM decided x"
+        f" WHERE x.outcome = '{oc.REPAIRED}'))"
+        f" AND d.outcome = '{oc.REPAIRED}' AND s.ctid = d.row_ctid{same_partition}"
         ' AND s.request_id = d.request_id AND s."startTime" = d.start_time'
         ' AND s."completionStartTime" IS NOT DISTINCT FROM d.old_cst'
         " RETURNING d.*"
         "), audited AS ("
         f" INSERT INTO {S}.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
-        " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, evidence)"
-        f" SELECT d.request_id, d.start_time, :run_id, :policy, d.old_cst, d.new_cst,"
-        f" {_ms('d.new_cst', 'd.start_time')}, d.trace_call_id, d.stream_seq, d.call_type, d.model_group,"
-        f" {_evidence()}"
-        " FROM updated d"
-        " RETURNING 1"
+        " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, joined_by,"
+        f" {evidence_columns})"
+        f" SELECT u.request_id, u.start_time, :run_id, :policy, u.old_cst, u.new_cst,"
+        f" {_ms('u.new_cst', 'u.start_time')}, b.litellm_call_id, b.stream_seq, u.call_type, u.model_group,"
+        f" {_joined_by('u')}, {evidence_values}"
+        " FROM updated u" + _chosen_stream("u")
+        + " RETURNING 1"
         ")"
     ) + _tally_sql("(SELECT count(*) FROM audited)")
 
@@ -280,8 +318,10 @@ def reconcile_batch(
     if after is not None:
         params["after_start"] = after.start_time
         params["after_id"] = after.request_id
+    conn.execute(text(BATCH_PLAN_SETTINGS))
     scanned, outcomes, written, last_start, last_id, days = conn.execute(text(sql), params).one()
-    found = {str(k): int(v) for k, v in (outcomes or {}).items()}
+    conn.execute(text(PLANNER_DEFAULTS))
+    found = {str(k): int(v) for k, v in (outcomes or {}).items() if v}
     if write:
         # Every audit row is a repaired row the guarded UPDATE wrote; the rest changed under us.
         missed = found.get(oc.REPAIRED, 0) - int(written)
@@ -292,11 +332,20 @@ def reconcile_batch(
     return BatchResult(int(scanned), found, last, frozenset(days or ()))
 
 
+def evidence_sql(row: str, chosen: str) -> str:
+    """The evidence JSON of decided row `row` from its chosen stream `chosen` (NULL when none), as
+    `ttft_reconcile.evidence()` renders an audit row's."""
+    values = ", ".join(f"{chosen}.{column}" for _, column in _EVIDENCE_COLUMNS)
+    return (f"CASE WHEN {chosen}.rid IS NOT NULL THEN {S}.correction_evidence({_joined_by(row)},"
+            f" {chosen}.litellm_call_id, {chosen}.stream_seq, {values}) END")
+
+
 def decide_sql_for_tests(shape: SpendLogsShape, policy: str) -> str:
     """The decision CTEs followed by a SELECT of every decided column (tests compare it with classify.py)."""
     return (
         _decided_sql(shape, policy=policy, keyset=False)
-        + f" SELECT d.request_id, d.start_time, d.outcome, d.new_cst, d.trace_call_id, d.stream_seq,"
-        f" {_ms('d.new_cst', 'd.start_time')} AS ttft_ms, {_evidence()} AS evidence"
-        " FROM decided d ORDER BY d.start_time, d.request_id"
+        + " SELECT d.request_id, d.start_time, d.outcome, d.new_cst, b.litellm_call_id AS trace_call_id,"
+        f" b.stream_seq, {_ms('d.new_cst', 'd.start_time')} AS ttft_ms, {evidence_sql('d', 'b')} AS evidence"
+        " FROM decided d" + _chosen_stream("d").replace(" JOIN", " LEFT JOIN", 1)
+        + " ORDER BY d.start_time, d.request_id"
     )

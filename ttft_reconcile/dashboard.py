@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from datetime import date, datetime
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -20,6 +20,9 @@ from ttft_reconcile import dashboard_queries as q
 log = logging.getLogger(__name__)
 
 OTHER = "other"
+# The rollup of a backfill is rebuilt a week of days per statement (and transaction) at most.
+MAX_DAYS_PER_REFRESH = 7
+ONE_DAY = timedelta(days=1)
 
 
 def sync_settings(conn: Connection, *, call_types: Sequence[str], tolerance_ms: float, litellm_schema: str) -> int:
@@ -43,15 +46,31 @@ def read_settings(conn: Connection) -> dict[str, object]:
     return {str(key): value for key, value in conn.execute(text(q.SELECT_SETTINGS)).all()}
 
 
+def day_ranges(days: Iterable[date], max_days: int = MAX_DAYS_PER_REFRESH) -> list[tuple[date, date]]:
+    """The days as runs of consecutive days (first, last), each at most `max_days` long."""
+    ranges: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if ranges and day - ranges[-1][1] == ONE_DAY and (day - ranges[-1][0]).days < max_days:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
 def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:
-    """Rebuild `ttft_daily` for these UTC days; returns the number of rows written."""
-    unique = sorted(set(days))
-    if not unique:
+    """Rebuild `ttft_daily` for these UTC days; returns the number of rows written.
+
+    Each run of consecutive days is read and aggregated by one statement (`ttft_daily_rows`).
+    """
+    ranges = day_ranges(days, max_days=len(set(days)) or 1)
+    if not ranges:
         return 0
     conn.execute(text(q.LOCK_DAILY))
-    conn.execute(text(q.DELETE_DAILY), {"days": unique})
-    written = conn.execute(text(q.INSERT_DAILY), {"days": unique}).rowcount or 0
-    log.info("ttft_daily refreshed for %d day(s): %d row(s)", len(unique), written)
+    written = 0
+    for first, last in ranges:
+        conn.execute(text(q.DELETE_DAILY), {"first_day": first, "last_day": last})
+        written += conn.execute(text(q.INSERT_DAILY), {"first_day": first, "last_day": last}).rowcount or 0
+    log.info("ttft_daily refreshed for %d day(s): %d row(s)", len(set(days)), written)
     return written
 
 

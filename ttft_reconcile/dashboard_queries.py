@@ -27,27 +27,17 @@ SELECT_SETTINGS: Final = "SELECT key, value FROM ttft_reconcile.settings"
 # Concurrent refreshes (backfill workers, a run next to a backfill) take turns: without this,
 # two DELETE + INSERT of the same day collide on the primary key.
 LOCK_DAILY: Final = "SELECT pg_advisory_xact_lock(hashtextextended('ttft_reconcile.ttft_daily', 0))"
-DELETE_DAILY: Final = "DELETE FROM ttft_reconcile.ttft_daily WHERE day = ANY (CAST(:days AS date[]))"
+DELETE_DAILY: Final = "DELETE FROM ttft_reconcile.ttft_daily WHERE day >= :first_day AND day <= :last_day"
 
-# One UTC day per lateral call: [day 00:00 UTC, day+1 00:00 UTC), so no row lands in two days.
+# The UTC days [first_day, last_day], read and aggregated in one statement (migration 0003).
 INSERT_DAILY: Final = """
 INSERT INTO ttft_reconcile.ttft_daily
     (day, model_group, provider, call_type, n, p50_ms, p90_ms, p95_ms, p99_ms,
      n_original, n_reconciled, n_unresolved, refreshed_at)
-SELECT d.day, t.model_group, t.provider, t.call_type,
-       count(*),
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY t.ttft_ms) FILTER (WHERE t.source <> 'unresolved'),
-       percentile_cont(0.9) WITHIN GROUP (ORDER BY t.ttft_ms) FILTER (WHERE t.source <> 'unresolved'),
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY t.ttft_ms) FILTER (WHERE t.source <> 'unresolved'),
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY t.ttft_ms) FILTER (WHERE t.source <> 'unresolved'),
-       count(*) FILTER (WHERE t.source = 'original'),
-       count(*) FILTER (WHERE t.source = 'reconciled'),
-       count(*) FILTER (WHERE t.source = 'unresolved'),
-       now()
-FROM unnest(CAST(:days AS date[])) AS d(day)
-CROSS JOIN LATERAL ttft_reconcile.spend_logs_ttft(
-    d.day::timestamp AT TIME ZONE 'UTC', (d.day + 1)::timestamp AT TIME ZONE 'UTC') AS t
-GROUP BY d.day, t.model_group, t.provider, t.call_type
+SELECT r.day, r.model_group, r.provider, r.call_type, r.n, r.p50_ms, r.p90_ms, r.p95_ms, r.p99_ms,
+       r.n_original, r.n_reconciled, r.n_unresolved, now()
+FROM ttft_reconcile.ttft_daily_rows(CAST(:first_day AS date)::timestamp AT TIME ZONE 'UTC',
+                                    (CAST(:last_day AS date) + 1)::timestamp AT TIME ZONE 'UTC') AS r
 """
 
 # --- window quantiles (metrics) ---------------------------------------------------------
@@ -131,7 +121,7 @@ t.first_event_at, t.first_output_at, t.first_visible_at, t.last_chunk_at, t.chun
 t.event_count, t.outcome, t.truncated
 """
 
-# Traces near the row's start (partition pruning): request_start_at within a day of "startTime".
+# Traces near the row's start (partition pruning): request_start_at within the join slack of "startTime".
 EXPLAIN_TRACES_BY_CALL_ID: Final = f"""
 SELECT {EXPLAIN_TRACE_COLUMNS} FROM ttft_reconcile.stream_traces t
 WHERE t.litellm_call_id = :key
@@ -150,7 +140,7 @@ EXPLAIN_EARLIEST_TRACE: Final = "SELECT min(request_start_at) FROM ttft_reconcil
 
 EXPLAIN_CORRECTIONS: Final = """
 SELECT c.id, c.run_id, c.policy, c.old_completion_start_time, c.new_completion_start_time, c.ttft_ms,
-       c.status, c.reverted_by_run, c.applied_at, c.reverted_at, c.evidence,
+       c.status, c.reverted_by_run, c.applied_at, c.reverted_at, ttft_reconcile.evidence(c) AS evidence,
        r.mode AS run_mode, r.started_at AS run_started_at, r.status AS run_status
 FROM ttft_reconcile.corrections c
 LEFT JOIN ttft_reconcile.runs r ON r.id = c.run_id
@@ -160,10 +150,11 @@ ORDER BY c.id
 
 # --- export -----------------------------------------------------------------------------
 
-# The evidence holds each origin's TTFT per policy ({policy: ms}); a plain number is accepted too.
-ORIGIN_MS: Final = """CASE jsonb_typeof(c.evidence -> '{key}')
-           WHEN 'object' THEN CAST(c.evidence -> '{key}' ->> c.policy AS double precision)
-           WHEN 'number' THEN CAST(c.evidence ->> '{key}' AS double precision) END"""
+# The evidence holds each origin's TTFT per policy ({policy: ms}); a plain number (evidence
+# written by hand before schema 0003) is accepted too.
+ORIGIN_MS: Final = """CASE jsonb_typeof(e.evidence -> '{key}')
+           WHEN 'object' THEN CAST(e.evidence -> '{key}' ->> c.policy AS double precision)
+           WHEN 'number' THEN CAST(e.evidence ->> '{key}' AS double precision) END"""
 
 EXPORT_CORRECTIONS: Final = f"""
 SELECT c.request_id, c.litellm_call_id, c.start_time, c.old_completion_start_time,
@@ -172,6 +163,7 @@ SELECT c.request_id, c.litellm_call_id, c.start_time, c.old_completion_start_tim
        {ORIGIN_MS.format(key="ttft_ms_from_api_call_start")} AS ttft_ms_from_api_call_start,
        c.policy, c.model_group, c.call_type, c.run_id, c.status
 FROM ttft_reconcile.corrections c
+CROSS JOIN LATERAL (SELECT ttft_reconcile.evidence(c) AS evidence) e
 WHERE c.start_time >= CAST(:since AS timestamptz) AT TIME ZONE 'UTC'
   AND c.start_time < CAST(:until AS timestamptz) AT TIME ZONE 'UTC'
   AND (c.status = 'applied' OR :include_reverted)
@@ -200,28 +192,30 @@ DELETE_DEFAULT_OLDER: Final = """
 DELETE FROM ttft_reconcile.stream_traces_default WHERE request_start_at < :cutoff
 """
 
-# Keeps the small scalar keys (both TTFT origins, the join) and drops the instants and the rest.
+# Evidence JSON of rows written before schema 0003 (newer rows keep theirs in typed columns,
+# ~100 bytes): keeps the small scalar keys (both TTFT origins, the join), drops the rest.
 COMPACT_EVIDENCE: Final = """
 WITH batch AS (
     SELECT id FROM ttft_reconcile.corrections
     WHERE start_time < CAST(:cutoff AS timestamptz) AT TIME ZONE 'UTC'
-      AND NOT (evidence ? 'compacted')
+      AND legacy_evidence IS NOT NULL AND NOT (legacy_evidence ? 'compacted')
     ORDER BY start_time
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 )
 UPDATE ttft_reconcile.corrections c
-SET evidence = jsonb_strip_nulls(jsonb_build_object(
+SET legacy_evidence = jsonb_strip_nulls(jsonb_build_object(
         'compacted', true,
-        'join', c.evidence -> 'join',
-        'ttft_ms_from_request_start', c.evidence -> 'ttft_ms_from_request_start',
-        'ttft_ms_from_api_call_start', c.evidence -> 'ttft_ms_from_api_call_start'))
+        'join', c.legacy_evidence -> 'join',
+        'ttft_ms_from_request_start', c.legacy_evidence -> 'ttft_ms_from_request_start',
+        'ttft_ms_from_api_call_start', c.legacy_evidence -> 'ttft_ms_from_api_call_start'))
 FROM batch WHERE c.id = batch.id
 """
 
 COUNT_COMPACTABLE: Final = """
 SELECT count(*) FROM ttft_reconcile.corrections
-WHERE start_time < CAST(:cutoff AS timestamptz) AT TIME ZONE 'UTC' AND NOT (evidence ? 'compacted')
+WHERE start_time < CAST(:cutoff AS timestamptz) AT TIME ZONE 'UTC'
+  AND legacy_evidence IS NOT NULL AND NOT (legacy_evidence ? 'compacted')
 """
 
 ENSURE_PARTITIONS: Final = "SELECT ttft_reconcile.ensure_trace_partitions(:first_day, :last_day)"

@@ -64,9 +64,10 @@ SELECT DISTINCT ON (c.call_type, s.custom_llm_provider)
        c.request_id, c.call_type, s.custom_llm_provider AS provider,
        coalesce(nullif(c.model_group, ''), %(pt)s) AS model_group, c.start_time, s."endTime" AS end_time,
        c.old_completion_start_time AS old, c.new_completion_start_time AS new, c.ttft_ms,
-       c.evidence -> 'join' AS join, c.stream_seq,
-       (c.evidence -> 'ttft_ms_from_request_start' ->> c.policy)::float8 AS ttft_ms_from_request_start
+       ev.e -> 'join' AS join, c.stream_seq,
+       (ev.e -> 'ttft_ms_from_request_start' ->> c.policy)::float8 AS ttft_ms_from_request_start
 FROM ttft_reconcile.corrections c
+CROSS JOIN LATERAL (SELECT ttft_reconcile.evidence(c) AS e) ev
 JOIN "LiteLLM_SpendLogs" s ON s.request_id = c.request_id AND s."startTime" = c.start_time
 WHERE c.run_id = ANY(%(runs)s) AND c.status = 'applied'
 ORDER BY c.call_type, s.custom_llm_provider, c.stream_seq, c.start_time

@@ -19,7 +19,7 @@ from ttft_reconcile import dashboard_queries as q
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.classify import Decision, classify_batch
 from ttft_reconcile.db import inspect_spend_logs
-from ttft_reconcile.joins import TRACE_JOIN_SLACK_SQL
+from ttft_reconcile.joins import TRACE_JOIN_SLACK_SQL, TRACE_JOIN_SLACK_WORDS
 from ttft_reconcile.policies import POLICY_COLUMNS
 from ttft_reconcile.timeparse import to_aware_utc
 
@@ -224,8 +224,8 @@ def _verdict(
             why = (f"the earliest trace is from {earliest_trace.isoformat()}, after this row: rows from before "
                    "the capture was installed cannot be repaired")
         else:
-            why = ("no trace within a day of startTime under any join: a non-streaming request, a path the "
-                   "capture does not hook, or a trace that was dropped or pruned")
+            why = (f"no trace within {TRACE_JOIN_SLACK_WORDS} of startTime under any join: a non-streaming request,"
+                   " a path the capture does not hook, or a trace that was dropped or pruned")
         return oc.NO_TRACE, why, None
     if decision.outcome == oc.REPAIRED and decision.repair is not None:
         repair = decision.repair

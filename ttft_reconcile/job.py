@@ -165,17 +165,17 @@ def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
 
 
 def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id: int) -> None:
-    """Rebuild ttft_daily for the touched UTC days, one day per transaction, heartbeating each:
-    a day is the most SpendLogs one statement reads, however busy the proxy."""
+    """Rebuild ttft_daily for the touched UTC days: each run of consecutive days (a week at most,
+    `dashboard.MAX_DAYS_PER_REFRESH`) in one statement and transaction, heartbeating each."""
     if not days or settings.dry_run:
         return
     from ttft_reconcile import dashboard
 
     limits = replace(settings.limits, statement_timeout=max(settings.limits.statement_timeout, REFRESH_TIMEOUT))
-    for day in sorted(days):
+    for first, last in dashboard.day_ranges(days):
         with transaction(engine, limits) as conn:
             queries.heartbeat_run(conn, run_id)
-            dashboard.refresh_ttft_daily(conn, [day])
+            dashboard.refresh_ttft_daily(conn, [first + timedelta(days=n) for n in range((last - first).days + 1)])
 
 
 def _new_run(

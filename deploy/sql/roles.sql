@@ -80,7 +80,11 @@ BEGIN
     GRANT SELECT ON ttft_reconcile.ttft_daily, ttft_reconcile.corrections, ttft_reconcile.settings,
         ttft_reconcile.runs TO ttft_reconcile_dashboard;
     GRANT EXECUTE ON FUNCTION ttft_reconcile.spend_logs_ttft(timestamptz, timestamptz),
-        ttft_reconcile.spend_logs_ttft_sql(text) TO ttft_reconcile_dashboard;
+        ttft_reconcile.spend_logs_ttft_sql(text), ttft_reconcile.ttft_daily_rows(timestamptz, timestamptz),
+        ttft_reconcile.evidence(ttft_reconcile.corrections),
+        ttft_reconcile.correction_evidence(text[], text, integer, bigint, text, integer,
+                                           timestamp, timestamp, timestamp, timestamp, timestamp, timestamp)
+        TO ttft_reconcile_dashboard;
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO ttft_reconcile_dashboard', v_litellm);
     EXECUTE format('GRANT SELECT (request_id, call_type, "startTime", "endTime", "completionStartTime", '
                    'model_group, custom_llm_provider) ON %s TO ttft_reconcile_dashboard', v_spend);

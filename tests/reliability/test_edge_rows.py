@@ -221,9 +221,16 @@ def test_rows_deleted_or_changed_between_read_and_write(db_url: str) -> None:
     finally:
         thread.join()
     assert waited == [True]
-    assert summary.outcomes["changed"] == 2 and summary.outcomes["repaired"] == 4
+    # the batch writes each row at the address it read it from: a row any other writer changed
+    # in the meantime (here its completionStartTime, or only its spend) is left alone
+    assert summary.outcomes["changed"] == 3 and summary.outcomes["repaired"] == 3
     values, audit = _state(db_url)
     assert deleted.request_id not in values and deleted.request_id not in audit
     assert values[changed.request_id] == other and changed.request_id not in audit
-    # only completionStartTime guards the write: a row whose spend changed is still repaired
-    assert values[touched.request_id] == touched.start + ms(100)
+    assert values[touched.request_id] == touched.end and touched.request_id not in audit
+    # ... until the next run reads it again: still a candidate, and now repaired
+    again = job.backfill(_settings(db_url), SINCE, UNTIL, restart=True)
+    assert again.candidates == again.outcomes["repaired"] == 1  # the others are no longer candidates
+    values, audit = _state(db_url)
+    assert values[touched.request_id] == touched.start + ms(100) == audit[touched.request_id]
+    assert values[changed.request_id] == other and changed.request_id not in audit

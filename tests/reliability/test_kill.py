@@ -263,7 +263,7 @@ def test_sigkilled_pool_worker_fails_the_command_instead_of_hanging(
     _, clone = seeded(400, 14)
     reference = _reference(clone)
     url = clone()
-    proc = spawn(*_backfill(url, "--workers", "2", "--json"))
+    proc = spawn(*_backfill(url, "--workers", "2", "--json", *PACE))  # paced: still working when killed
     with observer(url) as conn:
         assert wait_for(lambda: count(conn, AUDIT) >= 50, timeout=60, proc=proc)
         workers = _pool_workers(proc.pid)
@@ -287,7 +287,7 @@ def test_sigterm_to_the_pool_parent_stops_every_worker_with_130(
     _, clone = seeded(400, 15)
     reference = _reference(clone)
     url = clone()
-    proc = spawn(*_backfill(url, "--workers", "2", "--json"))
+    proc = spawn(*_backfill(url, "--workers", "2", "--json", *PACE))  # paced: still working when signalled
     with observer(url) as conn:
         assert wait_for(lambda: count(conn, AUDIT) >= 50, timeout=60, proc=proc)
         workers = _pool_workers(proc.pid)

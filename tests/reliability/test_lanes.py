@@ -86,7 +86,7 @@ def test_advisory_lock_behind_transaction_pooler_excludes_nobody_and_leaks(
     pooled = bouncer.url(services.database_name(direct))
     first = _start_first(pooled)
     second = run("run", "--database-url", pooled, "--json")
-    assert first.poll() is None
+    assert first.poll() is None, first.communicate()
     # NOT excluded: the pooler ran the second pg_try_advisory_lock on the same server session,
     # which already held the lock, and Postgres granted it again (session locks are re-entrant).
     assert second.returncode == 0, second.stderr
@@ -142,11 +142,13 @@ def _prepared_after_repeats(url: str) -> tuple[object, int]:
         engine.dispose()
 
 
-def test_prepared_statements_are_off_behind_the_pooler(db_url: str, bouncer: PgBouncer) -> None:
+def test_prepared_statements_are_off_with_or_without_the_pooler_flag(db_url: str, bouncer: PgBouncer) -> None:
+    """The job keeps its connections for its whole life: a statement psycopg prepared on one pooled
+    server session is missing (or already there) on the next, so it prepares none, flag or not."""
     pooled = bouncer.url(services.database_name(db_url))
     assert _prepared_after_repeats(pooled + "?pgbouncer=true") == (None, 0)
-    threshold, prepared = _prepared_after_repeats(pooled)
-    assert threshold == 5 and prepared >= 1  # what pgbouncer=true protects against
+    assert _prepared_after_repeats(pooled) == (None, 0)
+    assert _prepared_after_repeats(db_url) == (None, 0)
 
 
 def test_backfill_through_the_pooler_matches_a_direct_one(

@@ -201,7 +201,8 @@ def export_command(since: str, until: str | None, fmt: str, output: str | None, 
 @click.option("--older-than", type=DURATION, default="30d", show_default=True,
               help="Drop day partitions of stream_traces whose whole day is older than this.")
 @click.option("--compact-evidence-older-than", type=DURATION, default=None,
-              help="Also strip corrections' evidence JSON to its small keys past this age (rows are kept).")
+              help="Also strip the evidence JSON of corrections written before schema 0003 to its small keys"
+                   " past this age (rows are kept; newer corrections store compact typed evidence).")
 @click.option("--dry-run", is_flag=True, help="Say what would be dropped, trimmed and compacted; change nothing.")
 def prune_command(older_than: timedelta, compact_evidence_older_than: timedelta | None, dry_run: bool,
                   **kwargs: Any) -> None:
