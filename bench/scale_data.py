@@ -130,8 +130,11 @@ def settle(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def restore(url: str) -> int:
-    """Put back every snapshotted completionStartTime and empty the job's own tables; returns rows reset."""
+def restore(url: str, *, settle_after: bool = True) -> int:
+    """Put back every snapshotted completionStartTime and empty the job's own tables; returns rows
+    reset. Then VACUUM ANALYZE and CHECKPOINT (`settle`) unless `settle_after` is False: between
+    samples of a one-hour `run` that pass would read the whole table through the caches, so the
+    next sample would measure how big the table is, not what `run` does."""
     with psycopg.connect(url) as conn:
         cur = conn.execute(
             'UPDATE "LiteLLM_SpendLogs" s SET "completionStartTime" = b.cst FROM bench.snapshot b'
@@ -140,7 +143,8 @@ def restore(url: str) -> int:
         reset = cur.rowcount
         conn.execute("TRUNCATE " + ", ".join(f"ttft_reconcile.{t}" for t in JOB_TABLES) + " CASCADE")
         conn.commit()
-    settle(url)
+    if settle_after:
+        settle(url)
     return reset
 
 

@@ -179,3 +179,53 @@ def test_refresh_of_one_day_and_percentiles_at_scale(big_db: str) -> None:
     assert 7000 < total < 8000
     assert reconciled > 0 and unresolved > 0
     assert p50 >= 50  # unresolved rows (2 s) never drag the median; NULLs are not zeros
+
+
+def _nested_plans(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The plans auto_explain logs for the statements run inside the functions `sql` calls."""
+    notices: list[str] = []
+    try:
+        conn.execute("LOAD 'auto_explain'")
+    except psycopg.Error:
+        services.missing("auto_explain on the Postgres server (contrib)")
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice",
+                    "log_format = json"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute(sql, params)
+    return [json.loads(n[n.index("{"):])["Plan"] for n in notices if "{" in n]
+
+
+def test_a_fresh_audit_trail_never_nests_a_loop_in_the_dashboard_functions(db_url: str) -> None:
+    """Right after a backfill the corrections have no statistics: Postgres took a day's thousands
+    of corrections for two rows and nested a loop over them for every SpendLogs row of the day
+    (70 s for one day of 80,000 rows, in the scale benchmark's data). Both dashboard functions
+    plan that join as a hash join, whatever the session prefers."""
+    day = datetime(2026, 10, 10)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        configured = dict(conn.execute(
+            "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = 'ttft_reconcile'::regnamespace"
+            " AND proname IN ('spend_logs_ttft', 'ttft_daily_rows')").fetchall())
+        settings = ["enable_nestloop=off", "enable_hashjoin=on"]
+        assert configured == {"spend_logs_ttft": settings, "ttft_daily_rows": settings}
+        conn.execute(
+            'INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, "startTime", "endTime", "completionStartTime",'
+            " model_group)"
+            " SELECT 'r' || i, 'anthropic_messages', ts, ts + interval '2 s', ts + interval '2 s', 'group-' || i %% 20"
+            " FROM generate_series(1, 20000) i, LATERAL (SELECT %s + i * interval '4 s' AS ts) t", (day,))
+        conn.execute('ANALYZE "LiteLLM_SpendLogs"')
+        conn.execute("INSERT INTO ttft_reconcile.runs (mode) VALUES ('backfill')")
+        conn.execute(  # a tenth of the rows corrected, and no statistics on the corrections
+            "INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy,"
+            " old_completion_start_time, new_completion_start_time, ttft_ms)"
+            ' SELECT request_id, "startTime", (SELECT max(id) FROM ttft_reconcile.runs), \'first_chunk\','
+            ' "endTime", "startTime" + interval \'300 ms\', 300 FROM "LiteLLM_SpendLogs" WHERE request_id LIKE \'%%0\'')
+        # a session that would nest loops (so would the planner without statistics, at scale)
+        conn.execute("SET enable_hashjoin = off")
+        conn.execute("SET enable_mergejoin = off")
+        window = (day.replace(tzinfo=UTC), (day + timedelta(days=1)).replace(tzinfo=UTC))
+        for call in ("SELECT count(*) FROM ttft_reconcile.ttft_daily_rows(%s, %s)",
+                     "SELECT count(*) FROM ttft_reconcile.spend_logs_ttft(%s, %s)"):
+            plans = [p for p in _nested_plans(conn, call, window) if _spend_scans(p)]
+            assert plans, call
+            assert not [n for p in plans for n in _nodes(p) if n["Node Type"] == "Nested Loop"], (call, plans)

@@ -12,6 +12,9 @@ audit trail, and the daily rollup aggregated inside one statement per range of d
   job writes the run row first, in its own transaction, and never deletes runs.
 - `ttft_daily_rows(since, until)`: the rollup of [since, until) aggregated where the rows are
   read (spend_logs_ttft returns every row through a tuplestore first).
+- Both dashboard functions plan their join to the corrections as a hash join. Right after a backfill the audit trail has
+  no statistics yet; Postgres took a day's corrections for two rows and nested a loop over them
+  for every SpendLogs row of the day (70 s for one day of 80,000 rows, instead of 0.3 s).
 
 Revision ID: 0003
 Revises: 0002
@@ -108,6 +111,9 @@ SET joined_by = ARRAY(SELECT jsonb_array_elements_text(c.legacy_evidence -> 'joi
 WHERE c.legacy_evidence ? 'instants' AND NOT c.legacy_evidence ? 'compacted'
   AND jsonb_typeof(c.legacy_evidence -> 'join') = 'array';
 
+ALTER FUNCTION ttft_reconcile.spend_logs_ttft(timestamptz, timestamptz) SET enable_nestloop = off;
+ALTER FUNCTION ttft_reconcile.spend_logs_ttft(timestamptz, timestamptz) SET enable_hashjoin = on;
+
 -- ttft_daily's rows for [since, until): spend_logs_ttft's rows aggregated per UTC day, model
 -- group, provider and call type in the same statement that reads them.
 CREATE FUNCTION ttft_reconcile.ttft_daily_rows(since timestamptz, until timestamptz)
@@ -116,7 +122,7 @@ RETURNS TABLE (
     p50_ms double precision, p90_ms double precision, p95_ms double precision, p99_ms double precision,
     n_original bigint, n_reconciled bigint, n_unresolved bigint
 )
-LANGUAGE plpgsql STABLE AS $fn$
+LANGUAGE plpgsql STABLE SET enable_nestloop = off SET enable_hashjoin = on AS $fn$
 DECLARE
     v_schema text;
     v_call_types text[];
@@ -153,6 +159,7 @@ $fn$;
 
 DOWNGRADE = rf"""
 DROP FUNCTION IF EXISTS ttft_reconcile.ttft_daily_rows(timestamptz, timestamptz);
+ALTER FUNCTION ttft_reconcile.spend_logs_ttft(timestamptz, timestamptz) RESET ALL;
 ALTER TABLE ttft_reconcile.corrections RENAME COLUMN legacy_evidence TO evidence;
 UPDATE ttft_reconcile.corrections c
 SET evidence = ttft_reconcile.correction_evidence(
