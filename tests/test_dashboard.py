@@ -180,3 +180,18 @@ def test_refresh_of_one_day_leaves_its_neighbours_alone(db_url: str) -> None:
                  for r in conn.execute(text("SELECT * FROM ttft_reconcile.ttft_daily")).all()}
     assert daily == {d1: ("claude-sonnet", 2, pytest.approx(150.0)), d2: ("renamed", 2, pytest.approx(151.0)),
                      d3: ("claude-sonnet", 2, pytest.approx(152.0))}
+
+
+def test_day_ranges_group_consecutive_days_a_week_at_most() -> None:
+    from ttft_reconcile.dashboard import day_ranges
+
+    d = date(2026, 3, 1)
+    days = [d + timedelta(days=n) for n in (0, 1, 2, 4, 9, 8, 10, 11, 12, 13, 14, 15, 16, 2)]
+    assert day_ranges(days) == [
+        (d, d + timedelta(days=2)),  # duplicates and order do not matter
+        (d + timedelta(days=4), d + timedelta(days=4)),  # a gap starts a new range
+        (d + timedelta(days=8), d + timedelta(days=14)),  # seven days at most
+        (d + timedelta(days=15), d + timedelta(days=16)),
+    ]
+    assert day_ranges([]) == []
+    assert day_ranges([d, d + timedelta(days=1)], max_days=1) == [(d, d), (d + timedelta(days=1),) * 2]

@@ -57,20 +57,20 @@ def day_ranges(days: Iterable[date], max_days: int = MAX_DAYS_PER_REFRESH) -> li
     return ranges
 
 
-def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:
-    """Rebuild `ttft_daily` for these UTC days; returns the number of rows written.
-
-    Each run of consecutive days is read and aggregated by one statement (`ttft_daily_rows`).
-    """
-    ranges = day_ranges(days, max_days=len(set(days)) or 1)
-    if not ranges:
-        return 0
+def refresh_day_range(conn: Connection, first: date, last: date) -> int:
+    """Rebuild `ttft_daily` for the UTC days [first, last], read and aggregated by one statement
+    (`ttft_daily_rows`); returns the number of rows written."""
     conn.execute(text(q.LOCK_DAILY))
-    written = 0
-    for first, last in ranges:
-        conn.execute(text(q.DELETE_DAILY), {"first_day": first, "last_day": last})
-        written += conn.execute(text(q.INSERT_DAILY), {"first_day": first, "last_day": last}).rowcount or 0
-    log.info("ttft_daily refreshed for %d day(s): %d row(s)", len(set(days)), written)
+    conn.execute(text(q.DELETE_DAILY), {"first_day": first, "last_day": last})
+    return conn.execute(text(q.INSERT_DAILY), {"first_day": first, "last_day": last}).rowcount or 0
+
+
+def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:
+    """Rebuild `ttft_daily` for these UTC days, a run of consecutive days per statement; returns
+    the number of rows written."""
+    written = sum(refresh_day_range(conn, first, last) for first, last in day_ranges(days))
+    if days:
+        log.info("ttft_daily refreshed for %d day(s): %d row(s)", len(set(days)), written)
     return written
 
 

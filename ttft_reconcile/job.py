@@ -175,7 +175,7 @@ def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id
     for first, last in dashboard.day_ranges(days):
         with transaction(engine, limits) as conn:
             queries.heartbeat_run(conn, run_id)
-            dashboard.refresh_ttft_daily(conn, [first + timedelta(days=n) for n in range((last - first).days + 1)])
+            dashboard.refresh_day_range(conn, first, last)
 
 
 def _new_run(
