@@ -164,6 +164,7 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         " ORDER BY h.rid, h.rst, h.strategy, h.outcome <> 'completed', h.stream_seq, h.request_start,"
         " h.litellm_call_id"
         "), joined AS ("
+        # Which call each strategy points at, the chosen stream and the new value it gives.
         " SELECT c.row_ctid" + (", c.row_rel" if shape.partitioned else "") + ","
         " c.request_id, c.start_time, c.end_time, c.old_cst, c.call_type, c.api_base, c.model_group,"
         " req.litellm_call_id AS j_req,"
@@ -173,8 +174,8 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         f" CASE {chosen} END AS pick, CAST(CASE {chosen_instant} END AS timestamp(3)) AS new_cst"
         " FROM cand c" + "".join(pick(a) for a in aliases)
         + "), valued AS ("
-        # How many different calls the strategies point at ('*' counts as one more), the new
-        # value, and whether the row carries a correction of ours (applied) or only reverted ones.
+        # How many different calls the strategies point at ('*' counts as one more), and whether
+        # the row carries a correction of ours (applied) or only reverted ones.
         " SELECT j.*, (j.j_req IS NOT NULL)::int + (j.j_col IS NOT NULL AND j.j_col IS DISTINCT FROM j.j_req)::int"
         " + (j.j_resp IS NOT NULL AND j.j_resp IS DISTINCT FROM j.j_req AND j.j_resp IS DISTINCT FROM j.j_col)::int"
         " AS n_targets, o.applied"
