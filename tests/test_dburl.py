@@ -54,7 +54,9 @@ def test_redaction_and_scrubbing() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["postgresql://app:Tr0ub4dor#xyz@127.0.0.1:5432/db", "postgresql://app:Tr0?ub4dor@127.0.0.1:5432/db"],
+    ["postgresql://app:Tr0ub4dor#xyz@127.0.0.1:5432/db", "postgresql://app:Tr0?ub4dor@127.0.0.1:5432/db",
+     # libpq ends the password at the first '@' and would print the rest as the host name
+     "postgresql://app:Tr0@ub4dor@db.example.com:5432/db"],
 )
 def test_unescaped_password_characters_are_a_clear_error_without_the_password(raw: str) -> None:
     with pytest.raises(DatabaseUrlError, match="percent-encode") as error:

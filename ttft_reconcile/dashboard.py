@@ -59,10 +59,24 @@ def day_ranges(days: Iterable[date], max_days: int = MAX_DAYS_PER_REFRESH) -> li
 
 def refresh_day_range(conn: Connection, first: date, last: date) -> int:
     """Rebuild `ttft_daily` for the UTC days [first, last], read and aggregated by one statement
-    (`ttft_daily_rows`); returns the number of rows written."""
+    (`ttft_daily_rows`); returns the number of rows written. Clears their pending marks first."""
+    conn.execute(text(q.CLEAR_PENDING), {"first_day": first, "last_day": last})
     conn.execute(text(q.LOCK_DAILY))
     conn.execute(text(q.DELETE_DAILY), {"first_day": first, "last_day": last})
     return conn.execute(text(q.INSERT_DAILY), {"first_day": first, "last_day": last}).rowcount or 0
+
+
+def mark_pending(conn: Connection, days: Iterable[date]) -> None:
+    """Record UTC days whose rows changed (in the changing transaction); a refresh clears them."""
+    unique = sorted(set(days))
+    if unique:
+        conn.execute(text(q.MARK_PENDING), {"days": unique})
+
+
+def pending_days(conn: Connection, first: date, last: date, stale_after: timedelta) -> set[date]:
+    """Pending UTC days within [first, last], and any marked longer ago than `stale_after`."""
+    return {row[0] for row in conn.execute(
+        text(q.PENDING_DAYS), {"first_day": first, "last_day": last, "stale": stale_after})}
 
 
 def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:

@@ -27,6 +27,20 @@ SELECT_SETTINGS: Final = "SELECT key, value FROM ttft_reconcile.settings"
 # Concurrent refreshes (backfill workers, a run next to a backfill) take turns: without this,
 # two DELETE + INSERT of the same day collide on the primary key.
 LOCK_DAILY: Final = "SELECT pg_advisory_xact_lock(hashtextextended('ttft_reconcile.ttft_daily', 0))"
+# Days a batch changed wait here until a refresh rebuilt them. The refresh clears its days
+# first: a batch marking one of them meanwhile waits for the refresh to commit, and marks it anew.
+MARK_PENDING: Final = """
+INSERT INTO ttft_reconcile.rollup_pending (day) SELECT unnest(CAST(:days AS date[]))
+ON CONFLICT (day) DO UPDATE SET marked_at = now()
+"""
+CLEAR_PENDING: Final = "DELETE FROM ttft_reconcile.rollup_pending WHERE day >= :first_day AND day <= :last_day"
+# Pending days a command refreshes besides its own: those in its window, and those whose marker
+# has not refreshed them for a while (it died).
+PENDING_DAYS: Final = """
+SELECT day FROM ttft_reconcile.rollup_pending
+WHERE (day >= CAST(:first_day AS date) AND day <= CAST(:last_day AS date))
+   OR marked_at < now() - CAST(:stale AS interval)
+"""
 DELETE_DAILY: Final = "DELETE FROM ttft_reconcile.ttft_daily WHERE day >= :first_day AND day <= :last_day"
 
 # The UTC days [first_day, last_day], read and aggregated in one statement (migration 0003).

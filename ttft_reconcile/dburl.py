@@ -67,8 +67,9 @@ def parse_database_url(raw: str) -> DatabaseUrl:
         parts = urlsplit(text)
     except ValueError as error:
         raise DatabaseUrlError(f"the database URL is not valid ({_safe_reason(error)})") from None
-    if parts.fragment or "@" in parts.query or "@" in parts.path:
-        # An unescaped '#', '?' or '/' in the password splits the URL in the wrong place.
+    if parts.fragment or "@" in parts.query or "@" in parts.path or parts.netloc.count("@") > 1:
+        # An unescaped '#', '?', '/' or '@' in the password splits the URL in the wrong place (libpq
+        # ends the user name and password at the first '@' and would show the rest as the host).
         raise DatabaseUrlError(
             "the database URL is not valid: percent-encode special characters in the user name and"
             " password (# as %23, ? as %3F, / as %2F, @ as %40, % as %25)"

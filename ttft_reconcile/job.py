@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from ttft_reconcile import __version__, batch_sql, queries
+from ttft_reconcile import __version__, batch_sql, dashboard, queries
 from ttft_reconcile import outcomes as oc
 from ttft_reconcile.db import SpendLogsShape, describe_db_error, inspect_spend_logs, make_engine, transaction
 from ttft_reconcile.errors import (
@@ -55,6 +55,9 @@ KEEPALIVE_EVERY = timedelta(seconds=20)
 # refreshed day, so one silent this long is dead to `rollback` (and `--force` overrides).
 LIVE_WITHIN = timedelta(minutes=15)
 REFRESH_TIMEOUT = timedelta(minutes=10)
+# A day marked for a rollup refresh this long ago whose marker has not refreshed it (it died)
+# is refreshed by whichever job runs next.
+PENDING_STALE = timedelta(minutes=10)
 HELD_SLICE_POLL = timedelta(seconds=1)
 
 
@@ -152,10 +155,6 @@ def _housekeeping(engine: Engine, settings: JobSettings, *, sync_settings: bool)
 
 
 def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
-    try:
-        from ttft_reconcile import dashboard
-    except ImportError:  # pragma: no cover - dashboard module absent
-        return
     dashboard.sync_settings(
         conn,
         call_types=settings.call_types,
@@ -164,13 +163,17 @@ def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
     )
 
 
-def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id: int) -> None:
-    """Rebuild ttft_daily for the touched UTC days: each run of consecutive days (a week at most,
-    `dashboard.MAX_DAYS_PER_REFRESH`) in one statement and transaction, heartbeating each."""
-    if not days or settings.dry_run:
+def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id: int,
+                  since: datetime | None = None, until: datetime | None = None) -> None:
+    """Rebuild ttft_daily for the touched UTC days, and for days still pending from a job that died
+    before its refresh (in [since, until), or left for PENDING_STALE): each run of consecutive
+    days (a week at most, `dashboard.MAX_DAYS_PER_REFRESH`) in one statement and transaction."""
+    if settings.dry_run:
         return
-    from ttft_reconcile import dashboard
-
+    window_first = to_naive_utc(since).date() if since is not None else date.max
+    window_last = (to_naive_utc(until) - timedelta(microseconds=1)).date() if until is not None else date.min
+    with transaction(engine, settings.limits) as conn:
+        days = set(days) | dashboard.pending_days(conn, window_first, window_last, PENDING_STALE)
     limits = replace(settings.limits, statement_timeout=max(settings.limits.statement_timeout, REFRESH_TIMEOUT))
     for first, last in dashboard.day_ranges(days):
         with transaction(engine, limits) as conn:
@@ -241,6 +244,8 @@ def _throttle(ctx: _Context, scanned: int, started: float, keepalive: KeepAlive 
         _pause(ctx.stop, min(every, timedelta(seconds=left)))
         if ctx.stop.requested or deadline - time.monotonic() <= 0:
             return
+        if ctx.lock is not None:
+            ctx.lock.check()
         with transaction(ctx.engine, settings.limits) as conn:
             if ctx.lock is not None:
                 ctx.lock.renew(conn)
@@ -271,6 +276,8 @@ def _reconcile_range(
         if ctx.stop.requested:
             return False
         started = time.monotonic()
+        if ctx.lock is not None:
+            ctx.lock.check()
         ctx.stop.in_batch = True
         with transaction(ctx.engine, settings.limits) as conn:
             if ctx.lock is not None:
@@ -293,6 +300,8 @@ def _reconcile_range(
             if batch.last is None:
                 ctx.stop.in_batch = False
                 return True
+            if not settings.dry_run:
+                dashboard.mark_pending(conn, batch.days)
             scanned = batch.scanned
             counts = batch.counts()
             queries.add_run_counts(conn, ctx.run_id, scanned, counts)
@@ -441,10 +450,11 @@ def run_incremental(
                 if not finished:
                     raise _interrupted(stop, tally, run_id)
                 if not settings.dry_run:
+                    lock.check()
                     with transaction(engine, settings.limits) as conn:
                         lock.renew(conn)
                         queries.write_checkpoint(conn, RUN_LANE, Position(until, ""), run_id)
-                _refresh_days(engine, settings, tally.days, run_id)
+                _refresh_days(engine, settings, tally.days, run_id, since, until)
                 return _summary(run_id, "run", settings, tally, since=since, until=until, started=started,
                                 status="succeeded", checkpoint=until)
 
@@ -612,7 +622,7 @@ def _backfill_worker(
                 raise _interrupted(stop, tally, run_id)
             with transaction(engine, settings.limits) as conn:
                 queries.finish_backfill_if_done(conn, backfill_id)
-            _refresh_days(engine, settings, tally.days, run_id)
+            _refresh_days(engine, settings, tally.days, run_id, since, until)
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
                             status="succeeded", message=note)
 
@@ -812,6 +822,7 @@ def rollback(
                 while True:
                     if stop.requested:
                         raise _interrupted(stop, tally, this_run)
+                    lock.check()
                     with transaction(engine, settings.limits) as conn:
                         lock.renew(conn)
                         result = queries.rollback_batch(
@@ -825,12 +836,14 @@ def rollback(
                         queries.add_run_counts(conn, this_run, result.selected, counts)
                         if settings.dry_run:
                             conn.rollback()
+                        else:
+                            dashboard.mark_pending(conn, (d.date() for d in result.days))
                     tally.add(result.selected, counts)
                     tally.days.update(d.date() for d in result.days)
                     if result.last is None or result.selected < settings.batch_size:
                         break
                     after = result.last
-                _refresh_days(engine, settings, tally.days, this_run)
+                _refresh_days(engine, settings, tally.days, this_run, since, until)
                 return _summary(this_run, "rollback", settings, tally, since=since, until=until,
                                 started=started, status="succeeded", policy="rollback",
                                 message=("would roll back" if settings.dry_run else "rolled back")

@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from ttft_reconcile import queries
-from ttft_reconcile.db import SessionLimits, transaction
+from ttft_reconcile.db import SessionLimits, describe_db_error, transaction
 from ttft_reconcile.errors import LaneHeld, ReconcileError
 
 
@@ -28,12 +29,32 @@ def lane_key(lane: str) -> int:
 
 @dataclass
 class LaneLock:
-    """A held lane. `renew(conn)` must be called inside each batch transaction (lease mode)."""
+    """A held lane. Before each batch transaction call `check()`: in advisory mode it makes sure
+    the lock session still holds the lock (a server's idle_session_timeout, a pooler or an
+    administrator may end that idle session, and the lock goes with it). Inside each batch
+    transaction call `renew(conn)`: it extends the lease in lease mode. Either way a lost lane
+    stops the job before the batch writes."""
 
     lane: str
     mode: str
     holder: str
     ttl: timedelta
+    session: Connection | None = None  # the advisory lock's own connection
+
+    def check(self) -> None:
+        # Outside the batch transaction: behind a transaction pooler with one server connection,
+        # a query on the lock session would wait for the batch that holds that connection.
+        if self.mode != "advisory" or self.session is None:
+            return
+        try:
+            held = queries.holds_advisory_lock(self.session, lane_key(self.lane))
+        except sa_exc.SQLAlchemyError as error:
+            raise ReconcileError(
+                f"lost the lock on lane {self.lane!r}: its session ended ({describe_db_error(error)}); stopping"
+                " (every batch so far is committed)") from None
+        if not held:
+            raise ReconcileError(
+                f"lost the lock on lane {self.lane!r}; stopping (every batch so far is committed)")
 
     def renew(self, conn: Connection) -> None:
         if self.mode == "lease" and not queries.renew_lease(conn, self.lane, self.holder, self.ttl):
@@ -66,10 +87,14 @@ def hold_lane(
                 conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
                 raise LaneHeld(f"lane {lane!r} is leased by {leased[0]} until {leased[1].isoformat()}; exiting")
             try:
-                yield LaneLock(lane, mode, holder, ttl)
+                yield LaneLock(lane, mode, holder, ttl, session=conn)
             finally:
                 # Closing the session releases it too; unlock explicitly for poolers that keep it.
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                # A session that already ended took the lock with it.
+                try:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                except sa_exc.SQLAlchemyError:
+                    pass
         return
     with transaction(engine, limits) as conn:
         acquired = queries.try_lease(conn, lane, holder, ttl)

@@ -415,6 +415,18 @@ def try_advisory_lock(conn: Connection, key: int) -> bool:
     return bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
 
 
+def holds_advisory_lock(conn: Connection, key: int) -> bool:
+    """Whether this session still holds the advisory lock `key` (a terminated or timed-out lock
+    session takes its lock with it)."""
+    return bool(conn.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid() AND ((classid::bigint << 32) | objid::bigint) = :key)"
+        ),
+        {"key": key},
+    ).scalar())
+
+
 def advisory_lock_holder(conn: Connection, key: int) -> str | None:
     """Who holds the advisory lock (application_name, pid), for the one-line message."""
     row = conn.execute(

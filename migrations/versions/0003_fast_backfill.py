@@ -12,6 +12,9 @@ audit trail, and the daily rollup aggregated inside one statement per range of d
   job writes the run row first, in its own transaction, and never deletes runs.
 - `ttft_daily_rows(since, until)`: the rollup of [since, until) aggregated where the rows are
   read (spend_logs_ttft returns every row through a tuplestore first).
+- `rollup_pending`: the UTC days whose `ttft_daily` rows must be rebuilt, marked in the batch
+  transaction that changed them and cleared by the refresh that rebuilt them, so a job that
+  dies between its last batch and its refresh leaves the work to the next one.
 - Both dashboard functions plan their join to the corrections as a hash join. Right after a backfill the audit trail has
   no statistics yet; Postgres took a day's corrections for two rows and nested a loop over them
   for every SpendLogs row of the day (70 s for one day of 80,000 rows, instead of 0.3 s).
@@ -51,6 +54,14 @@ _INSTANTS_FROM_JSON = ",\n    ".join(
 
 UPGRADE = rf"""
 CREATE INDEX stream_traces_request_start_at ON ttft_reconcile.stream_traces (request_start_at);
+
+CREATE TABLE ttft_reconcile.rollup_pending (
+    day date PRIMARY KEY,
+    marked_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ttft_reconcile.rollup_pending IS
+    'UTC days whose ttft_daily rows must be rebuilt: marked by the batch that changed them,'
+    ' cleared by the refresh that rebuilt them.';
 
 ALTER TABLE ttft_reconcile.corrections
     DROP CONSTRAINT IF EXISTS corrections_run_id_fkey,
@@ -159,6 +170,7 @@ $fn$;
 
 DOWNGRADE = rf"""
 DROP FUNCTION IF EXISTS ttft_reconcile.ttft_daily_rows(timestamptz, timestamptz);
+DROP TABLE IF EXISTS ttft_reconcile.rollup_pending;
 ALTER FUNCTION ttft_reconcile.spend_logs_ttft(timestamptz, timestamptz) RESET ALL;
 ALTER TABLE ttft_reconcile.corrections RENAME COLUMN legacy_evidence TO evidence;
 UPDATE ttft_reconcile.corrections c

@@ -234,3 +234,34 @@ def test_rows_deleted_or_changed_between_read_and_write(db_url: str) -> None:
     values, audit = _state(db_url)
     assert values[touched.request_id] == touched.start + ms(100) == audit[touched.request_id]
     assert values[changed.request_id] == other and changed.request_id not in audit
+
+
+def test_a_rollup_refresh_that_fails_is_done_by_the_next_command(db_url: str) -> None:
+    """The batches committed, then the ttft_daily refresh failed (here: another session holds the
+    table past --lock-timeout). The days stay marked, so re-issuing the finished backfill (which has
+    no slice left) still rebuilds them."""
+    from ttft_reconcile.db import SessionLimits
+    from ttft_reconcile.errors import ReconcileError
+
+    rows = [broken_stream(BASE + timedelta(hours=i)) for i in range(4)]
+    with psycopg.connect(db_url) as conn:
+        insert_spend(conn, rows)
+        for row in rows:
+            insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    impatient = JobSettings(database=parse_database_url(db_url),
+                            limits=SessionLimits(lock_timeout=timedelta(seconds=1)))
+    with psycopg.connect(db_url) as blocker:
+        blocker.execute("LOCK TABLE ttft_reconcile.ttft_daily IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(ReconcileError, match="lock"):
+            job.backfill(impatient, SINCE, UNTIL)
+        blocker.rollback()
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM ttft_reconcile.ttft_daily").fetchone() == (0,)
+        assert conn.execute("SELECT array_agg(day) FROM ttft_reconcile.rollup_pending").fetchone() == (
+            [BASE.date()],)
+    again = job.backfill(impatient, SINCE, UNTIL)
+    assert again.candidates == 0 and "nothing to do" in again.message
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT sum(n_reconciled) FROM ttft_reconcile.ttft_daily").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM ttft_reconcile.rollup_pending").fetchone() == (0,)

@@ -161,3 +161,30 @@ def test_backfill_through_the_pooler_matches_a_direct_one(
     plain = run("backfill", *window, "--database-url", direct)
     assert pooled.returncode == 0 and plain.returncode == 0, (pooled.stderr, plain.stderr)
     assert json.loads(pooled.stdout)["outcomes"] == json.loads(plain.stdout)["outcomes"]
+
+
+def test_a_lost_lane_lock_stops_the_run_before_its_next_batch(
+    seeded: Callable[[int, int], tuple[Seeded, Clone]],
+) -> None:
+    """The advisory lock lives on its own idle session; when that session ends (an administrator,
+    idle_session_timeout, a pooler) the lock goes with it. The run must notice before it writes
+    another batch, instead of working on unguarded next to a second run."""
+    _, clone = seeded(1, 1)
+    url = clone()
+    _seed_recent(url)
+    first = _start_first(url)
+    key = lane_key("run")
+    with observer(url) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+            " AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (key,)).fetchall()
+        assert ended == [(True,)]
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 1, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "lost the lock on lane 'run'" in lines[0] and "committed" in lines[0], err
+        # every batch it wrote is whole; the lane is free for the next run, which finishes the work
+        assert audit_agrees(conn) == []
+        second = run("run", "--database-url", url, "--json")
+        assert second.returncode == 0, second.stderr
+        assert audit_agrees(conn) == []
