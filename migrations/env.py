@@ -31,9 +31,12 @@ def _configure(**kwargs: object) -> None:
 
 
 def _run_online(connection: Connection) -> None:
-    # Alembic does not create the version table's schema itself.
+    # Alembic does not create the version table's schema itself. A caller that handed in a
+    # connection inside its own transaction (the uninstall path holds its locks there) commits.
+    owned = not connection.in_transaction()
     connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"'))
-    connection.commit()
+    if owned:
+        connection.commit()
     _configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()

@@ -28,6 +28,9 @@ def test_two_worker_processes_share_the_slices(db_url: str) -> None:
                            datetime(2026, 3, 5, tzinfo=timezone.utc), workers=2)
     assert summary.outcomes["repaired"] == 60
     assert len(summary.worker_run_ids) == 2
+    # every worker's run is named, with the one rollback that undoes them all
+    runs = ", ".join(map(str, summary.worker_run_ids))
+    assert f"worker runs {runs}; `rollback --since 2026-03-01T00:00:00+00:00" in summary.message
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT request_id) FROM ttft_reconcile.corrections"
                             ).fetchone() == (60, 60)
@@ -41,6 +44,7 @@ def test_two_worker_processes_share_the_slices(db_url: str) -> None:
     again = job.backfill(settings, datetime(2026, 3, 1, tzinfo=timezone.utc),
                          datetime(2026, 3, 5, tzinfo=timezone.utc), workers=2)
     assert again.candidates == 0
+    assert "finished at" in again.message and "--restart redoes it" in again.message
 
 
 def test_workers_stop_when_the_parent_is_killed(db_url: str) -> None:

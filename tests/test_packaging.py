@@ -80,6 +80,12 @@ def test_migrate_sql_prints_ddl_for_a_dba() -> None:
     ddl = result.output
     for forbidden in ('ON "LiteLLM_', 'ALTER TABLE "LiteLLM_', "CREATE VIEW", 'TABLE "LiteLLM_'):
         assert forbidden not in ddl
+    # an upgrade for a database already at 0002: only the steps after it
+    upgrade = CliRunner().invoke(cli, ["migrate", "--sql", "--from-revision", "0002"])
+    assert upgrade.exit_code == 0, upgrade.output
+    assert "Running upgrade 0002 -> 0003" in upgrade.output and "CREATE TABLE ttft_reconcile.runs" not in upgrade.output
+    unknown = CliRunner().invoke(cli, ["migrate", "--sql", "--from-revision", "0009"])
+    assert unknown.exit_code == 2 and "unknown revision '0009'" in unknown.output
 
 
 def test_downgrade_removes_only_our_schema(db_url: str) -> None:
@@ -138,3 +144,62 @@ def test_uninstall_refuses_while_corrections_are_applied(db_url: str) -> None:
         assert conn.execute("SELECT count(*) FROM ttft_reconcile.corrections").fetchone() == (1,)
     forced = runner.invoke(cli, ["migrate", "--downgrade-to-base", "--force", "--database-url", db_url])
     assert forced.exit_code == 0, forced.output
+
+
+def test_uninstall_waits_for_a_batch_in_flight_and_refuses_while_a_job_runs(db_url: str) -> None:
+    """The count of applied corrections and the DDL are one transaction behind an exclusive lock:
+    a batch that is writing when the uninstall starts finishes first and is counted, instead of its
+    corrections being dropped right after the count said there were none."""
+    import threading
+    import time
+
+    from ttft_reconcile.db import make_engine
+    from ttft_reconcile.dburl import parse_database_url
+    from ttft_reconcile.errors import UsageError
+    from ttft_reconcile.migrate import downgrade_to_base
+
+    engine = make_engine(parse_database_url(db_url))
+    outcome: list[BaseException | None] = []
+
+    def uninstall() -> None:
+        try:
+            downgrade_to_base(engine)
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    try:
+        with psycopg.connect(db_url) as batch, psycopg.connect(db_url, autocommit=True) as watch:
+            run = batch.execute("INSERT INTO ttft_reconcile.runs (mode, status) VALUES ('backfill', 'succeeded')"
+                                " RETURNING id").fetchone()
+            assert run is not None
+            batch.execute(  # a batch in flight: its correction written, not yet committed
+                "INSERT INTO ttft_reconcile.corrections (request_id, start_time, run_id, policy,"
+                " new_completion_start_time, ttft_ms) VALUES ('r1', '2026-03-10', %s, 'first_chunk', '2026-03-10', 1)",
+                run)
+            worker = threading.Thread(target=uninstall)
+            worker.start()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
+                time.sleep(0.05)
+            assert not outcome, "the uninstall did not wait for the batch"
+            batch.commit()
+            worker.join(30)
+        assert isinstance(outcome[0], UsageError) and "1 corrections are still applied" in str(outcome[0])
+        with psycopg.connect(db_url) as conn:
+            # a live job (a heartbeat just now) holds the uninstall off too
+            conn.execute("DELETE FROM ttft_reconcile.corrections")
+            conn.execute("INSERT INTO ttft_reconcile.runs (mode, heartbeat_at) VALUES ('run', now())")
+        try:
+            downgrade_to_base(engine)
+        except UsageError as error:
+            assert "1 run(s) of the job are working" in str(error)
+        else:
+            raise AssertionError("uninstalled under a running job")
+        downgrade_to_base(engine, force=True)
+        with psycopg.connect(db_url) as conn:
+            assert conn.execute("SELECT to_regnamespace('ttft_reconcile')").fetchone() == (None,)
+    finally:
+        engine.dispose()

@@ -468,6 +468,7 @@ def run_incremental(
 
 EARLIEST = datetime(2015, 1, 1, tzinfo=timezone.utc)  # LiteLLM's SpendLogs start in 2023
 LONGEST_WINDOW = timedelta(days=3660)
+FUTURE_SLACK = timedelta(minutes=10)  # clocks disagree a little; --until may reach this far ahead
 
 
 def _check_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
@@ -478,6 +479,10 @@ def _check_window(since: datetime, until: datetime) -> tuple[datetime, datetime]
         raise UsageError(f"--since {since.date()} is before {EARLIEST.year}: check the year")
     if until - since > LONGEST_WINDOW:
         raise UsageError(f"the window is longer than {LONGEST_WINDOW.days} days: check the dates, or split it")
+    if until > _now() + FUTURE_SLACK:
+        # Its slices would be marked done before their rows exist, and re-issuing it would do nothing.
+        raise UsageError(f"--until ({until.isoformat()}) is in the future: a backfill covers history;"
+                         " the cron `run` covers what comes next")
     return since, until
 
 
@@ -585,7 +590,7 @@ def _backfill_worker(
                     # Other workers hold the rest: wait until they finish it, or until a dead
                     # worker's lease lapses and we can take its slice over.
                     if not waiting_logged:
-                        log.info("%d slice(s) of backfill %d are held by other workers; waiting for them"
+                        log.warning("%d slice(s) of backfill %d are held by other workers; waiting for them"
                                  " (a silent worker's slice is reclaimed after %s)", total_now - done,
                                  backfill_id, settings.slice_lease)
                         waiting_logged = True
@@ -762,9 +767,13 @@ def _backfill_pool(
         for key, value in result.outcomes.items():
             tally.outcomes[key] = tally.outcomes.get(key, 0) + value
         tally.days.update(result.touched_days)
-    run_ids = tuple(r.run_id for r in results)
+    run_ids = tuple(sorted(r.run_id for r in results))
+    notes = sorted({r.message for r in results if r.message})
+    # Each worker's corrections belong to its own run: say so, and how to undo them all at once.
+    notes.append(f"worker runs {', '.join(map(str, run_ids))}; `rollback --since {since.isoformat()}"
+                 f" --until {until.isoformat()}` undoes them all")
     return _summary(min(run_ids), "backfill", settings, tally, since=since, until=until, started=started,
-                    status="succeeded", worker_run_ids=run_ids)
+                    status="succeeded", worker_run_ids=run_ids, message="; ".join(notes))
 
 
 # --- rollback ---------------------------------------------------------------------------------

@@ -78,38 +78,56 @@ def upgrade(engine: Engine, revision: str = "head") -> MigrationState:
 
 
 def downgrade_to_base(engine: Engine, *, force: bool = False) -> None:
-    """The uninstall path: remove every object of our schema, then the schema itself.
+    """The uninstall path: remove every object of our schema, then the schema itself, in one
+    transaction.
 
-    Refuses while corrections are still applied (the audit trail is what rollback needs),
-    unless `force`.
+    Refuses while corrections are still applied (the audit trail is what rollback needs) or a job
+    is running (its next batch would write corrections nobody could roll back), unless `force`.
+    Both are checked under an exclusive lock on the audit trail and the runs, taken before the
+    DDL in the same transaction: a batch in flight finishes first and is counted, and no job can
+    start writing until the schema is gone.
     """
     with engine.connect() as conn:
-        live = 0
+        live = busy = 0
         if conn.execute(text("SELECT to_regclass('ttft_reconcile.corrections') IS NOT NULL")).scalar():
+            # the batches' order: corrections (their statement), then runs (their counts)
+            conn.execute(text("LOCK TABLE ttft_reconcile.corrections, ttft_reconcile.runs IN ACCESS EXCLUSIVE MODE"))
             live = int(conn.execute(
                 text("SELECT count(*) FROM ttft_reconcile.corrections WHERE status = 'applied'")).scalar_one())
-        conn.rollback()
+            busy = int(conn.execute(text(
+                "SELECT count(*) FROM ttft_reconcile.runs WHERE status = 'running' AND NOT dry_run"
+                " AND coalesce(heartbeat_at, started_at) > now() - interval '15 minutes'")).scalar_one())
         if live and not force:
+            conn.rollback()
             raise UsageError(
                 f"{live} corrections are still applied to LiteLLM's table; removing the schema would lose the"
                 " only record of the old values. Roll them back first (ttft-reconcile rollback --since ..."
                 " --until ...), or pass --force to keep the corrected values and drop the audit trail"
             )
+        if busy and not force:
+            conn.rollback()
+            raise UsageError(
+                f"{busy} run(s) of the job are working (a heartbeat within 15 minutes); stop them (and the"
+                " capture) first, or pass --force")
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "base")
-        conn.commit()
         # Alembic keeps its version table; with nothing else left, the schema goes too.
         conn.execute(text(f'DROP TABLE IF EXISTS "{SCHEMA}".alembic_version'))
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{SCHEMA}" RESTRICT'))
         conn.commit()
 
 
-def offline_sql(revision: str = "head") -> str:
-    """The DDL a DBA would run, as text (Alembic's offline mode)."""
+def offline_sql(revision: str = "head", *, from_revision: str | None = None) -> str:
+    """The DDL a DBA would run, as text (Alembic's offline mode): from an empty schema, or only
+    the steps after `from_revision`."""
     buffer = io.StringIO()
     cfg = alembic_config()
     cfg.output_buffer = buffer
+    if from_revision is not None:
+        known = {script.revision for script in ScriptDirectory.from_config(cfg).walk_revisions()}
+        if from_revision not in known:
+            raise UsageError(f"unknown revision {from_revision!r}: one of {', '.join(sorted(known))}")
     with redirect_stdout(buffer):
-        command.upgrade(cfg, revision, sql=True)
+        command.upgrade(cfg, f"{from_revision}:{revision}" if from_revision else revision, sql=True)
     return buffer.getvalue()

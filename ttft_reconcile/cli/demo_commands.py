@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -66,8 +69,17 @@ def format_report(report: demo.DemoReport) -> str:
     if report.kept:
         lines += ["", f"The server is still running: {report.url}",
                   f"Point the other commands at it: export TTFT_RECONCILE_DATABASE_URL='{report.url}'",
-                  f"Stop and delete it with: ttft-reconcile demo --stop {report.data_dir}"]
+                  f"Stop and delete it with: {_program()} demo --stop {report.data_dir}"]
     return "\n".join(lines)
+
+
+def _program() -> str:
+    """How to call this program again: by name when it is on PATH, else by the path it was run as
+    (e.g. `.venv/bin/ttft-reconcile` from a virtualenv that is not activated)."""
+    invoked = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "ttft-reconcile" else ""
+    if not invoked or shutil.which("ttft-reconcile") == os.path.abspath(invoked):
+        return "ttft-reconcile"
+    return invoked
 
 
 @click.command("demo")

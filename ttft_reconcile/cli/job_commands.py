@@ -40,21 +40,29 @@ log = logging.getLogger(__name__)
 @click.command("migrate")
 @database_options
 @output_options
-@click.option("--sql", "as_sql", is_flag=True, help="Print the DDL instead of running it (for a DBA).")
+@click.option("--sql", "as_sql", is_flag=True,
+              help="Print the DDL instead of running it (for a DBA): the whole history, from an empty schema,"
+                   " unless --from-revision says where the database is.")
+@click.option("--from-revision", default=None, metavar="REV",
+              help="With --sql: print only the steps after this revision (see `migrate --json` on the database).")
 @click.option("--downgrade-to-base", is_flag=True,
               help="Uninstall: remove the ttft_reconcile schema and everything in it (nothing else).")
 @click.option("--force", is_flag=True, help="With --downgrade-to-base: drop the audit trail of applied corrections.")
-def migrate_command(as_sql: bool, downgrade_to_base: bool, force: bool, **kwargs: Any) -> None:
+def migrate_command(as_sql: bool, from_revision: str | None, downgrade_to_base: bool, force: bool,
+                    **kwargs: Any) -> None:
     """Create or upgrade the `ttft_reconcile` schema (never touches LiteLLM's tables).
 
     \b
     ttft-reconcile migrate                 # apply
-    ttft-reconcile migrate --sql > ddl.sql # review first
+    ttft-reconcile migrate --sql > ddl.sql # review first (a new install)
+    ttft-reconcile migrate --sql --from-revision 0002 > upgrade.sql
     """
 
     def action() -> None:
+        if from_revision is not None and not as_sql:
+            raise UsageError("--from-revision goes with --sql")
         if as_sql:
-            click.echo(migrations.offline_sql(), nl=False)
+            click.echo(migrations.offline_sql(from_revision=from_revision), nl=False)
             return
         engine = make_engine(parse_url(kwargs["database_url"]))
         try:
