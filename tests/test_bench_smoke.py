@@ -78,6 +78,9 @@ def test_bench_scale_smoke(pg_admin_url: str, tmp_path: Path) -> None:
     assert figures["backfill_vs_audited_write_floor"] == pytest.approx(
         figures["backfill_seconds"] / (floor["update_seconds"] + floor["audit_insert_seconds"]))
     assert "ratio job / audited writes" in done.stdout
+    assert figures["backfill_w2_vs_baseline"] == pytest.approx(
+        r["backfill_w2"]["job_seconds"] / r["baseline"]["seconds"])
+    assert "--workers 2 / baseline" in done.stdout
 
     names = re.findall(r" into (ttft_bench_\w+)", done.stderr)
     assert len(names) == 2

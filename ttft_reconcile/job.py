@@ -23,7 +23,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from ttft_reconcile import __version__, batch_sql, dashboard, queries
 from ttft_reconcile import outcomes as oc
-from ttft_reconcile.db import SpendLogsShape, describe_db_error, inspect_spend_logs, make_engine, transaction
+from ttft_reconcile.db import (
+    SessionLimits,
+    SpendLogsShape,
+    describe_db_error,
+    inspect_spend_logs,
+    make_engine,
+    transaction,
+)
 from ttft_reconcile.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -38,6 +45,7 @@ from ttft_reconcile.errors import (
 from ttft_reconcile.lanes import LaneLock, hold_lane, resolve_mode
 from ttft_reconcile.migrate import migration_state
 from ttft_reconcile.queries import Position
+from ttft_reconcile.rollup import BackgroundRefresh
 from ttft_reconcile.settings import JobSettings
 from ttft_reconcile.signals import StopFlag, graceful_signals
 from ttft_reconcile.summary import RunSummary
@@ -86,7 +94,8 @@ class _Tally:
     candidates: int = 0
     batches: int = 0
     outcomes: dict[str, int] = field(default_factory=oc.empty_counts)
-    days: set[date] = field(default_factory=set)
+    days: set[date] = field(default_factory=set)  # UTC days the batches changed
+    unrefreshed: set[date] = field(default_factory=set)  # ... and not yet handed to a BackgroundRefresh
 
     def add(self, scanned: int, counts: dict[str, int]) -> None:
         self.candidates += scanned
@@ -105,6 +114,7 @@ class _Context:
     progress: ProgressCallback | None
     lock: LaneLock | None = None
     mode: str = "backfill"
+    refresher: BackgroundRefresh | None = None
 
 
 def _now() -> datetime:
@@ -163,6 +173,11 @@ def _sync_dashboard_settings(conn: Connection, settings: JobSettings) -> None:
     )
 
 
+def _refresh_limits(settings: JobSettings) -> SessionLimits:
+    """A rollup refresh reads whole days of SpendLogs: it may run longer than a batch."""
+    return replace(settings.limits, statement_timeout=max(settings.limits.statement_timeout, REFRESH_TIMEOUT))
+
+
 def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id: int,
                   since: datetime | None = None, until: datetime | None = None) -> None:
     """Rebuild ttft_daily for the touched UTC days, and for days still pending from a job that died
@@ -174,9 +189,8 @@ def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id
     window_last = (to_naive_utc(until) - timedelta(microseconds=1)).date() if until is not None else date.min
     with transaction(engine, settings.limits) as conn:
         days = set(days) | dashboard.pending_days(conn, window_first, window_last, PENDING_STALE)
-    limits = replace(settings.limits, statement_timeout=max(settings.limits.statement_timeout, REFRESH_TIMEOUT))
     for first, last in dashboard.day_ranges(days):
-        with transaction(engine, limits) as conn:
+        with transaction(engine, _refresh_limits(settings)) as conn:
             queries.heartbeat_run(conn, run_id)
             dashboard.refresh_day_range(conn, first, last)
 
@@ -311,6 +325,12 @@ def _reconcile_range(
         ctx.stop.in_batch = False
         tally.add(scanned, counts)
         tally.days.update(batch.days)
+        tally.unrefreshed.update(batch.days)
+        if ctx.refresher is not None:
+            # Days before the one the batch ended in are finished for this walk: rebuild them now.
+            passed = {day for day in tally.unrefreshed if day < position.start_time.date()}
+            ctx.refresher.submit(passed)
+            tally.unrefreshed -= passed
         if ctx.progress is not None:
             ctx.progress(
                 Progress(
@@ -573,8 +593,18 @@ def _backfill_worker(
         ctx = _Context(engine, settings, shape, run_id, stop, progress)
 
         def body() -> RunSummary:
+            if settings.dry_run:
+                return walk_slices(_Tally())
+            ctx.refresher = BackgroundRefresh(engine, _refresh_limits(settings))
+            try:
+                summary = walk_slices(_Tally())
+            except BaseException:
+                ctx.refresher.abandon()
+                raise
+            return summary
+
+        def walk_slices(tally: _Tally) -> RunSummary:
             started = _now()
-            tally = _Tally()
             waiting_logged = False
             while not stop.requested:
                 with transaction(engine, settings.limits) as conn:
@@ -627,7 +657,9 @@ def _backfill_worker(
                 raise _interrupted(stop, tally, run_id)
             with transaction(engine, settings.limits) as conn:
                 queries.finish_backfill_if_done(conn, backfill_id)
-            _refresh_days(engine, settings, tally.days, run_id, since, until)
+            if ctx.refresher is not None:
+                ctx.refresher.close()  # its failed days are still pending: the refresh below takes them
+            _refresh_days(engine, settings, tally.unrefreshed, run_id, since, until)
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
                             status="succeeded", message=note)
 

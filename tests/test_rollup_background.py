@@ -1,0 +1,123 @@
+"""A backfill rebuilds `ttft_daily` for the UTC days it has passed while its next batches run, and
+the closing refresh does whatever that left undone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import text
+
+from tests.publish_data import UTC, connect, spend_log, trace
+from ttft_reconcile import job
+from ttft_reconcile.dburl import parse_database_url
+from ttft_reconcile.job import Progress
+from ttft_reconcile.settings import JobSettings
+
+# Three UTC days and a bit; slices of a day start at noon, so every middle day is written by two
+# slices (the second reaches back into a day the first already passed).
+SINCE = datetime(2026, 11, 10, 12, tzinfo=UTC)
+UNTIL = datetime(2026, 11, 13, 12, tzinfo=UTC)
+DAYS = [date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12), date(2026, 11, 13)]
+COLUMNS = ("day, model_group, provider, call_type, n, p50_ms, p90_ms, p95_ms, p99_ms,"
+           " n_original, n_reconciled, n_unresolved")
+
+
+def _seed(url: str) -> None:
+    """Every 90 minutes a broken traced stream, and every third slot a row with a real first token."""
+    with connect(url) as conn:
+        at = SINCE
+        i = 0
+        while at < UNTIL:
+            spend_log(conn, f"call-{i}", at, ttft_ms=None, total_ms=4000)
+            trace(conn, f"call-{i}", at, first_chunk_ms=200 + 7 * i)
+            if i % 3 == 0:
+                spend_log(conn, f"orig-{i}", at + timedelta(seconds=5), ttft_ms=900 + i, total_ms=4000)
+            at += timedelta(minutes=90)
+            i += 1
+
+
+def _rollup(url: str) -> list[tuple[object, ...]]:
+    with connect(url) as conn:
+        return [tuple(r) for r in conn.execute(text(f"SELECT {COLUMNS} FROM ttft_reconcile.ttft_daily ORDER BY 1, 2"))]
+
+
+def _recomputed(url: str) -> list[tuple[object, ...]]:
+    """What a refresh of every day would write now."""
+    with connect(url) as conn:
+        return [tuple(r) for r in conn.execute(text(
+            f"SELECT {COLUMNS} FROM ttft_reconcile.ttft_daily_rows(:since, :until) ORDER BY 1, 2"),
+            {"since": datetime(2026, 11, 10, tzinfo=UTC), "until": datetime(2026, 11, 14, tzinfo=UTC)})]
+
+
+def _pending(url: str) -> list[date]:
+    with connect(url) as conn:
+        return [r[0] for r in conn.execute(text("SELECT day FROM ttft_reconcile.rollup_pending ORDER BY day"))]
+
+
+def _settings(url: str) -> JobSettings:
+    return JobSettings(database=parse_database_url(url), batch_size=4)
+
+
+def test_days_are_rebuilt_behind_the_batches_and_match_a_full_refresh(old_db_url: str) -> None:
+    _seed(old_db_url)
+    seen_while_running: dict[date, set[date]] = {}
+
+    def progress(p: Progress) -> None:
+        # Once the batches are past a day, its rollup rows appear (the refresh runs in
+        # a thread of the job: give it a moment).
+        if p.position is None:
+            return
+        passed = {d for d in DAYS if d < p.position.date()}
+        deadline = time.monotonic() + 10
+        while True:
+            with connect(old_db_url) as conn:
+                have = {r[0] for r in conn.execute(text("SELECT DISTINCT day FROM ttft_reconcile.ttft_daily"))}
+            if passed <= have or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        seen_while_running[p.position.date()] = have
+
+    summary = job.backfill(_settings(old_db_url), SINCE, UNTIL, progress=progress)
+
+    assert summary.outcomes["repaired"] == 48
+    # While the batches were on 2026-11-13 the first two days were already in the rollup.
+    assert {date(2026, 11, 10), date(2026, 11, 11)} <= seen_while_running[date(2026, 11, 13)]
+    # The end state is exactly a full rebuild of every day, including those a second slice reached
+    # back into after the first had passed them.
+    assert _rollup(old_db_url) == _recomputed(old_db_url)
+    assert {row[0] for row in _rollup(old_db_url)} == set(DAYS)
+    assert sum(int(row[10]) for row in _rollup(old_db_url)) == 48  # n_reconciled
+    assert _pending(old_db_url) == []
+
+
+def test_a_day_whose_background_refresh_failed_is_rebuilt_by_the_closing_refresh(old_db_url: str) -> None:
+    _seed(old_db_url)
+    with connect(old_db_url) as conn:
+        # The first insert of a rollup row for 2026-11-11 fails (a sequence is not rolled back with
+        # the transaction, so the retry gets through).
+        conn.execute(text(
+            "CREATE SEQUENCE public.fail_once;"
+            " CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.day = DATE '2026-11-11' AND nextval('public.fail_once') = 1 THEN"
+            " RAISE EXCEPTION 'injected rollup failure'; END IF; RETURN NEW; END $$;"
+            " CREATE TRIGGER fail_once BEFORE INSERT ON ttft_reconcile.ttft_daily"
+            " FOR EACH ROW EXECUTE FUNCTION public.fail_once()"))
+
+    summary = job.backfill(replace(_settings(old_db_url), batch_size=6), SINCE, UNTIL)
+
+    assert summary.status == "succeeded"
+    with connect(old_db_url) as conn:
+        attempts = conn.execute(text("SELECT last_value FROM public.fail_once")).scalar()
+    assert attempts is not None and int(attempts) >= 2  # failed once behind the batches, then done
+    assert _rollup(old_db_url) == _recomputed(old_db_url)
+    assert date(2026, 11, 11) in {row[0] for row in _rollup(old_db_url)}
+    assert _pending(old_db_url) == []
+
+
+def test_a_dry_run_writes_no_rollup(old_db_url: str) -> None:
+    _seed(old_db_url)
+    job.backfill(replace(_settings(old_db_url), dry_run=True), SINCE, UNTIL)
+    assert _rollup(old_db_url) == []
+    assert _pending(old_db_url) == []

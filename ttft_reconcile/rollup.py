@@ -1,0 +1,84 @@
+"""The `ttft_daily` rollup rebuilt while a backfill goes on.
+
+A backfill walks its window in `"startTime"` order, so once a committed batch has moved past a
+UTC day, this process writes that day no more (until a later slice of its own reaches back into
+it, which marks the day again). Such days are rebuilt here, one day per transaction, on a
+connection of their own in a background thread: the server works on the rollup and on the next
+batches at once, instead of rebuilding every day after the last batch.
+
+A refresh that fails leaves its day marked in `rollup_pending` (its transaction rolled back), so
+the command's closing refresh, which takes the pending days of its window, does it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from datetime import date
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from ttft_reconcile import dashboard
+from ttft_reconcile.db import SessionLimits, describe_db_error, transaction
+
+log = logging.getLogger(__name__)
+
+_STOP = date.min  # the queue's end marker (no rollup day is 0001-01-01)
+
+
+class BackgroundRefresh:
+    """Rebuilds the UTC days handed to `submit` in a thread; `close` waits for all of them.
+
+    No heartbeat is written from here: the batches heartbeat the run, and an UPDATE of the run row
+    held for a whole refresh would make the next batch's UPDATE of it wait.
+    """
+
+    def __init__(self, engine: Engine, limits: SessionLimits) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._days: queue.SimpleQueue[date] = queue.SimpleQueue()
+        self._abandoned = False
+        self.refreshed: list[date] = []  # in order; a day twice when a later slice reached back into it
+        self.failed: set[date] = set()
+        self._thread = threading.Thread(target=self._work, name="ttft-rollup", daemon=True)
+        self._thread.start()
+
+    def submit(self, days: Iterable[date]) -> None:
+        """Queue these days for a rebuild (after the transaction that last changed them committed)."""
+        for day in sorted(set(days)):
+            self._days.put(day)
+
+    def close(self) -> None:
+        """Wait until every submitted day is rebuilt (or has failed, and stays pending)."""
+        self._days.put(_STOP)
+        self._thread.join()
+
+    def abandon(self) -> None:
+        """Stop without waiting (the command is failing or was interrupted): queued days are skipped
+        and stay pending for the next command; a rebuild under way ends with the process (and rolls
+        back) or commits, whichever comes first."""
+        self._abandoned = True
+        self._days.put(_STOP)
+
+    def _work(self) -> None:
+        while (day := self._days.get()) != _STOP:
+            if self._abandoned:
+                continue
+            if self.failed:
+                self.failed.add(day)  # the database is in trouble: leave the rest to the closing refresh
+                continue
+            try:
+                started = time.monotonic()
+                with transaction(self._engine, self._limits) as conn:
+                    conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+                    rows = dashboard.refresh_day_range(conn, day, day)
+                self.refreshed.append(day)
+                log.debug("ttft_daily refreshed for %s behind the batches: %d row(s) in %.2f s", day, rows,
+                          time.monotonic() - started)
+            except sa_exc.SQLAlchemyError as error:
+                self.failed.add(day)
+                log.info("ttft_daily refresh of %s left for the end of the run: %s", day, describe_db_error(error))
