@@ -1,5 +1,5 @@
-"""A backfill rebuilds `ttft_daily` for the UTC days it has passed while its next batches run, and
-the closing refresh does whatever that left undone."""
+"""A backfill rebuilds `ttft_daily` for the UTC days of each finished slice while its next batches
+run, and the closing refresh does whatever that left undone. Slices end at UTC midnights."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from ttft_reconcile.dburl import parse_database_url
 from ttft_reconcile.job import Progress
 from ttft_reconcile.settings import JobSettings
 
-# Three UTC days and a bit; slices of a day start at noon, so every middle day is written by two
-# slices (the second reaches back into a day the first already passed).
+# Three days from noon to noon: four slices, the first and last half a UTC day.
 SINCE = datetime(2026, 11, 10, 12, tzinfo=UTC)
 UNTIL = datetime(2026, 11, 13, 12, tzinfo=UTC)
 DAYS = [date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12), date(2026, 11, 13)]
@@ -65,8 +64,8 @@ def test_days_are_rebuilt_behind_the_batches_and_match_a_full_refresh(old_db_url
     seen_while_running: dict[date, set[date]] = {}
 
     def progress(p: Progress) -> None:
-        # Once the batches are past a day, its rollup rows appear (the refresh runs in
-        # a thread of the job: give it a moment).
+        # Once the batches are past a day (its slice is done), its rollup rows appear (the refresh
+        # runs in a thread of the job: give it a moment).
         if p.position is None:
             return
         passed = {d for d in DAYS if d < p.position.date()}
@@ -84,8 +83,7 @@ def test_days_are_rebuilt_behind_the_batches_and_match_a_full_refresh(old_db_url
     assert summary.outcomes["repaired"] == 48
     # While the batches were on 2026-11-13 the first two days were already in the rollup.
     assert {date(2026, 11, 10), date(2026, 11, 11)} <= seen_while_running[date(2026, 11, 13)]
-    # The end state is exactly a full rebuild of every day, including those a second slice reached
-    # back into after the first had passed them.
+    # The end state is exactly a full rebuild of every day.
     assert _rollup(old_db_url) == _recomputed(old_db_url)
     assert {row[0] for row in _rollup(old_db_url)} == set(DAYS)
     assert sum(int(row[10]) for row in _rollup(old_db_url)) == 48  # n_reconciled
@@ -120,4 +118,24 @@ def test_a_dry_run_writes_no_rollup(old_db_url: str) -> None:
     _seed(old_db_url)
     job.backfill(replace(_settings(old_db_url), dry_run=True), SINCE, UNTIL)
     assert _rollup(old_db_url) == []
+    assert _pending(old_db_url) == []
+
+
+def test_day_slices_are_utc_days(old_db_url: str) -> None:
+    _seed(old_db_url)
+    job.backfill(_settings(old_db_url), SINCE, UNTIL)
+    with connect(old_db_url) as conn:
+        bounds = [tuple(r) for r in conn.execute(text(
+            "SELECT slice_since, slice_until FROM ttft_reconcile.backfill_slices ORDER BY slice_no"))]
+    midnight = [datetime(2026, 11, day, tzinfo=UTC) for day in (11, 12, 13)]
+    assert bounds == [(SINCE, midnight[0]), (midnight[0], midnight[1]), (midnight[1], midnight[2]),
+                      (midnight[2], UNTIL)]
+
+
+def test_two_workers_leave_the_rollup_of_a_full_rebuild(old_db_url: str) -> None:
+    _seed(old_db_url)
+    summary = job.backfill(_settings(old_db_url), SINCE, UNTIL, workers=2)
+    assert summary.outcomes["repaired"] == 48
+    assert _rollup(old_db_url) == _recomputed(old_db_url)
+    assert {row[0] for row in _rollup(old_db_url)} == set(DAYS)
     assert _pending(old_db_url) == []

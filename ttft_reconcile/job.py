@@ -114,7 +114,6 @@ class _Context:
     progress: ProgressCallback | None
     lock: LaneLock | None = None
     mode: str = "backfill"
-    refresher: BackgroundRefresh | None = None
 
 
 def _now() -> datetime:
@@ -326,11 +325,6 @@ def _reconcile_range(
         tally.add(scanned, counts)
         tally.days.update(batch.days)
         tally.unrefreshed.update(batch.days)
-        if ctx.refresher is not None:
-            # Days before the one the batch ended in are finished for this walk: rebuild them now.
-            passed = {day for day in tally.unrefreshed if day < position.start_time.date()}
-            ctx.refresher.submit(passed)
-            tally.unrefreshed -= passed
         if ctx.progress is not None:
             ctx.progress(
                 Progress(
@@ -593,17 +587,15 @@ def _backfill_worker(
         ctx = _Context(engine, settings, shape, run_id, stop, progress)
 
         def body() -> RunSummary:
-            if settings.dry_run:
-                return walk_slices(_Tally())
-            ctx.refresher = BackgroundRefresh(engine, _refresh_limits(settings))
+            refresher = None if settings.dry_run else BackgroundRefresh(engine, _refresh_limits(settings))
             try:
-                summary = walk_slices(_Tally())
+                return walk_slices(_Tally(), refresher)
             except BaseException:
-                ctx.refresher.abandon()
+                if refresher is not None:
+                    refresher.abandon()
                 raise
-            return summary
 
-        def walk_slices(tally: _Tally) -> RunSummary:
+        def walk_slices(tally: _Tally, refresher: BackgroundRefresh | None) -> RunSummary:
             started = _now()
             waiting_logged = False
             while not stop.requested:
@@ -650,6 +642,10 @@ def _backfill_worker(
                     break
                 with transaction(engine, settings.limits) as conn:
                     queries.finish_slice(conn, piece, settings.worker)
+                if refresher is not None:
+                    # Slices end at UTC midnights: no other slice writes the days this one touched.
+                    refresher.submit(tally.unrefreshed)
+                    tally.unrefreshed.clear()
                 if progress is not None:
                     progress(Progress("backfill", tally.batches, tally.candidates, dict(tally.outcomes), None,
                                       to_naive_utc(since), to_naive_utc(until), done + 1, total_now))
@@ -657,8 +653,8 @@ def _backfill_worker(
                 raise _interrupted(stop, tally, run_id)
             with transaction(engine, settings.limits) as conn:
                 queries.finish_backfill_if_done(conn, backfill_id)
-            if ctx.refresher is not None:
-                ctx.refresher.close()  # its failed days are still pending: the refresh below takes them
+            if refresher is not None:
+                refresher.close()  # its failed days are still pending: the refresh below takes them
             _refresh_days(engine, settings, tally.unrefreshed, run_id, since, until)
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
                             status="succeeded", message=note)

@@ -258,13 +258,18 @@ def get_or_create_backfill(
         params,
     ).scalar()
     if created is not None:
+        # Slice bounds: the window's ends and the multiples of the slice size since the Unix epoch
+        # in between, so day slices are UTC days and no UTC day is written by two slices (a day
+        # is then finished, and its rollup can be rebuilt, once its one slice is done).
         conn.execute(
             text(
                 f"INSERT INTO {S}.backfill_slices (backfill_id, slice_no, slice_since, slice_until)"
-                " SELECT :id, (row_number() OVER (ORDER BY g))::int - 1, g,"
-                " least(g + make_interval(secs => :slice_seconds), CAST(:until AS timestamptz))"
-                " FROM generate_series(CAST(:since AS timestamptz), CAST(:until AS timestamptz)"
-                " - interval '1 microsecond', make_interval(secs => :slice_seconds)) AS g"
+                " SELECT :id, (row_number() OVER (ORDER BY b.at))::int - 1, b.at,"
+                " coalesce(lead(b.at) OVER (ORDER BY b.at), CAST(:until AS timestamptz))"
+                " FROM (SELECT CAST(:since AS timestamptz) AS at UNION"
+                "  SELECT g FROM generate_series(to_timestamp(ceil(extract(epoch FROM CAST(:since AS timestamptz))"
+                "   / :slice_seconds) * :slice_seconds), CAST(:until AS timestamptz) - interval '1 microsecond',"
+                "   make_interval(secs => :slice_seconds)) AS g) AS b"
             ),
             {"id": created, "since": since, "until": until, "slice_seconds": params["slice_seconds"]},
         )

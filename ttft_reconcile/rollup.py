@@ -1,10 +1,10 @@
 """The `ttft_daily` rollup rebuilt while a backfill goes on.
 
-A backfill walks its window in `"startTime"` order, so once a committed batch has moved past a
-UTC day, this process writes that day no more (until a later slice of its own reaches back into
-it, which marks the day again). Such days are rebuilt here, one day per transaction, on a
-connection of their own in a background thread: the server works on the rollup and on the next
-batches at once, instead of rebuilding every day after the last batch.
+A backfill's slices end at UTC midnights, so once a worker has finished a slice, no other slice
+of the backfill writes the days it touched. Those days are rebuilt here, one day per
+transaction, on a connection of their own in a background thread: the server rebuilds them on
+one core while the next batches run on the other, instead of rebuilding every day after the
+last batch (and a dashboard fills in as a long backfill goes).
 
 A refresh that fails leaves its day marked in `rollup_pending` (its transaction rolled back), so
 the command's closing refresh, which takes the pending days of its window, does it again.
@@ -42,8 +42,7 @@ class BackgroundRefresh:
         self._limits = limits
         self._days: queue.SimpleQueue[date] = queue.SimpleQueue()
         self._abandoned = False
-        self.refreshed: list[date] = []  # in order; a day twice when a later slice reached back into it
-        self.failed: set[date] = set()
+        self._failed = False
         self._thread = threading.Thread(target=self._work, name="ttft-rollup", daemon=True)
         self._thread.start()
 
@@ -68,17 +67,19 @@ class BackgroundRefresh:
         while (day := self._days.get()) != _STOP:
             if self._abandoned:
                 continue
-            if self.failed:
-                self.failed.add(day)  # the database is in trouble: leave the rest to the closing refresh
-                continue
+            if self._failed:
+                continue  # the database is in trouble: leave the rest to the closing refresh
             try:
                 started = time.monotonic()
                 with transaction(self._engine, self._limits) as conn:
+                    # One core for the rollup: parallel workers would take the batches' core.
                     conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
                     rows = dashboard.refresh_day_range(conn, day, day)
-                self.refreshed.append(day)
                 log.debug("ttft_daily refreshed for %s behind the batches: %d row(s) in %.2f s", day, rows,
                           time.monotonic() - started)
             except sa_exc.SQLAlchemyError as error:
-                self.failed.add(day)
+                self._failed = True
                 log.info("ttft_daily refresh of %s left for the end of the run: %s", day, describe_db_error(error))
+            except Exception as error:  # a thread's exception would only print a traceback
+                self._failed = True
+                log.warning("ttft_daily refresh of %s left for the end of the run: %r", day, error)
