@@ -81,6 +81,16 @@ def _naive(column: str, alias: str = "t") -> str:
     return f"CASE WHEN isfinite({alias}.{column}) THEN {alias}.{column} AT TIME ZONE 'UTC' END"
 
 
+# Positive evidence that a SpendLogs row was no stream (`classify.not_streaming_evidence`), computed
+# where the row is read so its api_base goes no further. The regular expressions run only where a
+# cheap substring test says they may match.
+_NON_STREAMING = (
+    "((call_type = 'anthropic_messages' AND starts_with(request_id, 'chatcmpl-'))"
+    " OR (strpos(api_base, '/model/') > 0 AND api_base ~ '/model/[^/]+/(invoke|converse)(\\?|$)')"
+    " OR (strpos(api_base, '\\:rawPredict') > 0 AND api_base ~ '\\:rawPredict(\\?|$)'))"
+)
+
+
 def _candidates(shape: SpendLogsShape, *, keyset: bool) -> str:
     """The next :limit candidates in keyset order, with the physical address they were read at."""
     call_id = "litellm_call_id" if shape.has_litellm_call_id else "NULL::text"
@@ -88,8 +98,8 @@ def _candidates(shape: SpendLogsShape, *, keyset: bool) -> str:
     after = ' AND ("startTime", request_id) > (:after_start, :after_id)' if keyset else ""
     return (
         f' SELECT ctid AS row_ctid{row_rel}, request_id, call_type, "startTime" AS start_time,'
-        ' "endTime" AS end_time, "completionStartTime" AS old_cst, api_base, model_group,'
-        f" {call_id} AS col_id"
+        ' "endTime" AS end_time, "completionStartTime" AS old_cst, model_group,'
+        f" {call_id} AS col_id, {_NON_STREAMING} AS non_streaming"
         f" FROM {shape.qualified}"
         ' WHERE "startTime" >= :since AND "startTime" < :until' + after
         + " AND call_type = ANY(:call_types)"
@@ -166,7 +176,7 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         "), joined AS ("
         # Which call each strategy points at, the chosen stream and the new value it gives.
         " SELECT c.row_ctid" + (", c.row_rel" if shape.partitioned else "") + ","
-        " c.request_id, c.start_time, c.end_time, c.old_cst, c.call_type, c.api_base, c.model_group,"
+        " c.request_id, c.start_time, c.end_time, c.old_cst, c.call_type, c.non_streaming, c.model_group,"
         " req.litellm_call_id AS j_req,"
         + (f" {j_col} AS j_col," if shape.has_litellm_call_id else " NULL::text AS j_col,")
         + " CASE WHEN resp.first_call = resp.last_call THEN resp.first_call"
@@ -187,13 +197,7 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         "), decided AS MATERIALIZED ("
         " SELECT v.*, CASE"
         f" WHEN v.j_resp = '*' OR v.n_targets > 1 THEN '{oc.AMBIGUOUS}'"
-        " WHEN v.n_targets = 0 THEN CASE"
-        "   WHEN (v.call_type = 'anthropic_messages' AND starts_with(v.request_id, 'chatcmpl-'))"
-        # (the regular expressions run only where a cheap substring test says they may match)
-        "     OR (strpos(v.api_base, '/model/') > 0 AND v.api_base ~ '/model/[^/]+/(invoke|converse)(\\?|$)')"
-        "     OR (strpos(v.api_base, '\\:rawPredict') > 0 AND v.api_base ~ '\\:rawPredict(\\?|$)')"
-        f"     THEN '{oc.NOT_STREAMING}'"
-        f"   ELSE '{oc.NO_TRACE}' END"
+        f" WHEN v.n_targets = 0 THEN CASE WHEN v.non_streaming THEN '{oc.NOT_STREAMING}' ELSE '{oc.NO_TRACE}' END"
         f" WHEN v.new_cst IS NULL THEN '{oc.NO_FIRST_TOKEN}'"
         f" WHEN v.new_cst < v.start_time OR v.new_cst > v.end_time THEN '{oc.OUT_OF_BOUNDS}'"
         f" WHEN :hold_rolled_back AND v.applied IS FALSE THEN '{oc.CHANGED}'"
@@ -270,7 +274,9 @@ def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: 
         f" AND d.outcome = '{oc.REPAIRED}' AND s.ctid = d.row_ctid{same_partition}"
         ' AND s.request_id = d.request_id AND s."startTime" = d.start_time'
         ' AND s."completionStartTime" IS NOT DISTINCT FROM d.old_cst'
-        " RETURNING d.*"
+        # what the audit row needs of it
+        " RETURNING d.request_id, d.start_time, d.old_cst, d.new_cst, d.call_type, d.model_group, d.pick,"
+        " d.j_req, d.j_col, d.j_resp"
         "), audited AS ("
         f" INSERT INTO {S}.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
         " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, joined_by,"
