@@ -7,13 +7,16 @@ import time
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 
 from tests.publish_data import UTC, connect, spend_log, trace
 from ttft_reconcile import job
 from ttft_reconcile.dburl import parse_database_url
+from ttft_reconcile.errors import Interrupted
 from ttft_reconcile.job import Progress
 from ttft_reconcile.settings import JobSettings
+from ttft_reconcile.signals import StopFlag
 
 # Three days from noon to noon: four slices, the first and last half a UTC day.
 SINCE = datetime(2026, 11, 10, 12, tzinfo=UTC)
@@ -138,4 +141,38 @@ def test_two_workers_leave_the_rollup_of_a_full_rebuild(old_db_url: str) -> None
     assert summary.outcomes["repaired"] == 48
     assert _rollup(old_db_url) == _recomputed(old_db_url)
     assert {row[0] for row in _rollup(old_db_url)} == set(DAYS)
+    assert _pending(old_db_url) == []
+
+
+def test_an_interrupted_backfill_cancels_its_rebuild_and_a_reissue_finishes(old_db_url: str) -> None:
+    _seed(old_db_url)
+    with connect(old_db_url) as conn:
+        # Rebuilding a day takes seconds (a big production day), so one is under way when we stop.
+        conn.execute(text(
+            "CREATE FUNCTION public.slow_rollup() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$;"
+            " CREATE TRIGGER slow_rollup BEFORE INSERT ON ttft_reconcile.ttft_daily"
+            " FOR EACH ROW EXECUTE FUNCTION public.slow_rollup()"))
+    stop = StopFlag()
+
+    def progress(p: Progress) -> None:
+        if p.slices_done >= 1 and p.position is None:  # a slice is done: its day is being rebuilt
+            time.sleep(0.3)
+            stop.request("SIGINT")
+
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        job.backfill(_settings(old_db_url), SINCE, UNTIL, stop=stop, progress=progress)
+    assert time.monotonic() - started < 5  # it did not wait for the rebuild
+    with connect(old_db_url) as conn:
+        still = conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'"
+            " AND query LIKE '%INSERT INTO ttft_reconcile.ttft_daily%' AND pid <> pg_backend_pid()")).scalar()
+        assert still == 0  # cancelled on the server, not left running after we exit
+        conn.execute(text("DROP TRIGGER slow_rollup ON ttft_reconcile.ttft_daily"))
+    assert date(2026, 11, 10) in _pending(old_db_url)  # the cancelled day stays marked
+
+    again = job.backfill(_settings(old_db_url), SINCE, UNTIL)
+    assert again.status == "succeeded"
+    assert _rollup(old_db_url) == _recomputed(old_db_url)
     assert _pending(old_db_url) == []

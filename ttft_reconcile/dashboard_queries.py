@@ -35,11 +35,15 @@ ON CONFLICT (day) DO UPDATE SET marked_at = now()
 """
 CLEAR_PENDING: Final = "DELETE FROM ttft_reconcile.rollup_pending WHERE day >= :first_day AND day <= :last_day"
 # Pending days a command refreshes besides its own: those in its window, and those whose marker
-# has not refreshed them for a while (it died).
+# has not refreshed them for a while (it died). A day whose mark is locked is skipped: a refresh
+# under way holds it (and its result will hold every change: a batch that changes the day must
+# mark it, and waits for that refresh to commit), or a batch still open does (its job refreshes
+# the day after it commits). Waiting for either instead ran into --lock-timeout.
 PENDING_DAYS: Final = """
 SELECT day FROM ttft_reconcile.rollup_pending
 WHERE (day >= CAST(:first_day AS date) AND day <= CAST(:last_day AS date))
    OR marked_at < now() - CAST(:stale AS interval)
+FOR UPDATE SKIP LOCKED
 """
 DELETE_DAILY: Final = "DELETE FROM ttft_reconcile.ttft_daily WHERE day >= :first_day AND day <= :last_day"
 

@@ -653,8 +653,9 @@ def _backfill_worker(
                 raise _interrupted(stop, tally, run_id)
             with transaction(engine, settings.limits) as conn:
                 queries.finish_backfill_if_done(conn, backfill_id)
-            if refresher is not None:
-                refresher.close()  # its failed days are still pending: the refresh below takes them
+            if refresher is not None and not refresher.close(stop):
+                raise _interrupted(stop, tally, run_id)
+            # Days whose rebuild failed above are still pending: this refresh takes them.
             _refresh_days(engine, settings, tally.unrefreshed, run_id, since, until)
             return _summary(run_id, "backfill", settings, tally, since=since, until=until, started=started,
                             status="succeeded", message=note)

@@ -18,16 +18,21 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import date
+from typing import Any
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from ttft_reconcile import dashboard
 from ttft_reconcile.db import SessionLimits, describe_db_error, transaction
+from ttft_reconcile.signals import StopFlag
 
 log = logging.getLogger(__name__)
 
 _STOP = date.min  # the queue's end marker (no rollup day is 0001-01-01)
+_POLL_S = 0.1  # how often a waiting `close` looks for a stop request, seconds
+_CANCEL_WAIT_S = 2.0  # how long `abandon` waits for a cancelled rebuild to roll back, seconds
 
 
 class BackgroundRefresh:
@@ -43,6 +48,8 @@ class BackgroundRefresh:
         self._days: queue.SimpleQueue[date] = queue.SimpleQueue()
         self._abandoned = False
         self._failed = False
+        self._busy: psycopg.Connection[Any] | None = None  # the connection of a rebuild under way
+        self._busy_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="ttft-rollup", daemon=True)
         self._thread.start()
 
@@ -51,35 +58,55 @@ class BackgroundRefresh:
         for day in sorted(set(days)):
             self._days.put(day)
 
-    def close(self) -> None:
-        """Wait until every submitted day is rebuilt (or has failed, and stays pending)."""
+    def close(self, stop: StopFlag) -> bool:
+        """Wait until every submitted day is rebuilt (or has failed, and stays pending). A stop
+        request meanwhile abandons the rest; returns False then."""
         self._days.put(_STOP)
-        self._thread.join()
+        while self._thread.is_alive():
+            if stop.requested:
+                self.abandon()
+                return False
+            self._thread.join(_POLL_S)
+        return True
 
     def abandon(self) -> None:
-        """Stop without waiting (the command is failing or was interrupted): queued days are skipped
-        and stay pending for the next command; a rebuild under way ends with the process (and rolls
-        back) or commits, whichever comes first."""
+        """Stop now (the command is failing or was interrupted): a rebuild under way is cancelled on
+        the server (it would otherwise run on after we exit, and hold the rollup's lock against the
+        re-issued command) and rolls back; queued days are skipped. They all stay pending for the
+        next command."""
         self._abandoned = True
         self._days.put(_STOP)
+        with self._busy_lock:
+            if self._busy is not None:
+                try:
+                    self._busy.cancel_safe()
+                except psycopg.Error as error:
+                    log.debug("could not cancel the rollup rebuild: %s", error)
+        self._thread.join(_CANCEL_WAIT_S)
 
     def _work(self) -> None:
         while (day := self._days.get()) != _STOP:
-            if self._abandoned:
-                continue
-            if self._failed:
-                continue  # the database is in trouble: leave the rest to the closing refresh
+            if self._abandoned or self._failed:
+                continue  # skipped days stay pending: the closing refresh or the next command takes them
             try:
                 started = time.monotonic()
                 with transaction(self._engine, self._limits) as conn:
-                    # One core for the rollup: parallel workers would take the batches' core.
-                    conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
-                    rows = dashboard.refresh_day_range(conn, day, day)
+                    with self._busy_lock:
+                        self._busy = conn.connection.driver_connection
+                    try:
+                        # One core for the rollup: parallel workers would take the batches' core.
+                        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+                        rows = dashboard.refresh_day_range(conn, day, day)
+                    finally:
+                        with self._busy_lock:
+                            self._busy = None
                 log.debug("ttft_daily refreshed for %s behind the batches: %d row(s) in %.2f s", day, rows,
                           time.monotonic() - started)
             except sa_exc.SQLAlchemyError as error:
                 self._failed = True
-                log.info("ttft_daily refresh of %s left for the end of the run: %s", day, describe_db_error(error))
+                if not self._abandoned:
+                    log.info("ttft_daily refresh of %s left for the end of the run: %s", day,
+                             describe_db_error(error))
             except Exception as error:  # a thread's exception would only print a traceback
                 self._failed = True
                 log.warning("ttft_daily refresh of %s left for the end of the run: %r", day, error)
