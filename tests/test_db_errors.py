@@ -141,3 +141,17 @@ def test_engine_still_connects_with_pgbouncer_and_timeout(db_url: str) -> None:
             assert conn.execute(text("SELECT 1")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_a_lock_timeout_names_the_lock_not_the_connection(empty_db_url: str) -> None:
+    with psycopg.connect(empty_db_url) as holder, psycopg.connect(empty_db_url) as waiter:
+        holder.execute("CREATE TABLE held (x int)")
+        holder.commit()
+        holder.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        waiter.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable) as raised:
+            waiter.execute("SELECT * FROM held")
+    described = describe_db_error(raised.value, parse_database_url(empty_db_url))
+    assert type(described).__name__ == "ReconcileError"  # not DatabaseUnavailable: the server is there
+    assert "another session held a lock longer than --lock-timeout" in str(described)
+    assert "lock timeout" in str(described) and "cannot use the database" not in str(described)

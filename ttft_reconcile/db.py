@@ -207,6 +207,10 @@ def describe_db_error(error: BaseException, url: DatabaseUrl | None = None, pass
         return bad_url(message, [password, *(_password_texts(url.libpq) if url is not None else [])])
     message = scrub(message)
     where = f" ({url.redacted})" if url is not None else ""
+    if isinstance(original, psycopg.errors.LockNotAvailable):
+        # (an OperationalError in psycopg, but the database is there: another session is in the way)
+        return ReconcileError(f"another session held a lock longer than --lock-timeout{where}: {message};"
+                              " re-run once it is done, or raise --lock-timeout")
     if isinstance(original, psycopg.OperationalError) and not isinstance(original, psycopg.errors.QueryCanceled):
         return DatabaseUnavailable(f"cannot use the database{where}: {message}")
     if isinstance(original, psycopg.errors.UndefinedTable):
