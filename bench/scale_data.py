@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -130,15 +130,24 @@ def settle(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def restore(url: str, *, settle_after: bool = True) -> int:
-    """Put back every snapshotted completionStartTime and empty the job's own tables; returns rows
-    reset. Then VACUUM ANALYZE and CHECKPOINT (`settle`) unless `settle_after` is False: between
-    samples of a one-hour `run` that pass would read the whole table through the caches, so the
-    next sample would measure how big the table is, not what `run` does."""
+def restore(url: str, *, settle_after: bool = True, since: datetime | None = None) -> int:
+    """Put back every snapshotted completionStartTime (of rows from `since` on, naive or aware UTC,
+    when given) and empty the job's own tables; returns rows reset. Then VACUUM ANALYZE and
+    CHECKPOINT (`settle`) unless `settle_after` is False: between samples of a one-hour `run` that
+    pass would read the whole table through the caches, so the next sample would measure how big
+    the table is, not what `run` does. For the same reason a `since` restore reaches its rows
+    through the startTime index instead of joining the whole snapshot to the whole table."""
+    recent = ""
+    params: dict[str, datetime] = {}
+    if since is not None:
+        recent = ' AND s."startTime" >= %(since)s AND b.start_time >= %(since)s'
+        params["since"] = since.astimezone(timezone.utc).replace(tzinfo=None) if since.tzinfo else since
     with psycopg.connect(url) as conn:
         cur = conn.execute(
             'UPDATE "LiteLLM_SpendLogs" s SET "completionStartTime" = b.cst FROM bench.snapshot b'
-            ' WHERE s.request_id = b.request_id AND s."completionStartTime" IS DISTINCT FROM b.cst'
+            ' WHERE s.request_id = b.request_id AND s."startTime" = b.start_time'
+            ' AND s."completionStartTime" IS DISTINCT FROM b.cst' + recent,
+            params,
         )
         reset = cur.rowcount
         conn.execute("TRUNCATE " + ", ".join(f"ttft_reconcile.{t}" for t in JOB_TABLES) + " CASCADE")
