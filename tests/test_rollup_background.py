@@ -58,6 +58,23 @@ def _pending(url: str) -> list[date]:
         return [r[0] for r in conn.execute(text("SELECT day FROM ttft_reconcile.rollup_pending ORDER BY day"))]
 
 
+def _assert_rollup_is_a_full_rebuild(url: str) -> None:
+    """Every day is in the rollup, exactly as a rebuild now would write it, and nothing is pending."""
+    assert _rollup(url) == _recomputed(url)
+    assert {row[0] for row in _rollup(url)} == set(DAYS)
+    assert _pending(url) == []
+
+
+def _on_rollup_insert(url: str, name: str, body: str, *, before: str = "") -> None:
+    """A trigger `name` running plpgsql `body` before each insert of a ttft_daily row."""
+    with connect(url) as conn:
+        conn.execute(text(
+            f"{before} CREATE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS $$"
+            f" BEGIN {body} RETURN NEW; END $$;"
+            f" CREATE TRIGGER {name} BEFORE INSERT ON ttft_reconcile.ttft_daily"
+            f" FOR EACH ROW EXECUTE FUNCTION public.{name}()"))
+
+
 def _settings(url: str) -> JobSettings:
     return JobSettings(database=parse_database_url(url), batch_size=4)
 
@@ -87,24 +104,18 @@ def test_days_are_rebuilt_behind_the_batches_and_match_a_full_refresh(old_db_url
     # While the batches were on 2026-11-13 the first two days were already in the rollup.
     assert {date(2026, 11, 10), date(2026, 11, 11)} <= seen_while_running[date(2026, 11, 13)]
     # The end state is exactly a full rebuild of every day.
-    assert _rollup(old_db_url) == _recomputed(old_db_url)
-    assert {row[0] for row in _rollup(old_db_url)} == set(DAYS)
+    _assert_rollup_is_a_full_rebuild(old_db_url)
     assert sum(int(row[10]) for row in _rollup(old_db_url)) == 48  # n_reconciled
-    assert _pending(old_db_url) == []
 
 
 def test_a_day_whose_background_refresh_failed_is_rebuilt_by_the_closing_refresh(old_db_url: str) -> None:
     _seed(old_db_url)
-    with connect(old_db_url) as conn:
-        # The first insert of a rollup row for 2026-11-11 fails (a sequence is not rolled back with
-        # the transaction, so the retry gets through).
-        conn.execute(text(
-            "CREATE SEQUENCE public.fail_once;"
-            " CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN IF NEW.day = DATE '2026-11-11' AND nextval('public.fail_once') = 1 THEN"
-            " RAISE EXCEPTION 'injected rollup failure'; END IF; RETURN NEW; END $$;"
-            " CREATE TRIGGER fail_once BEFORE INSERT ON ttft_reconcile.ttft_daily"
-            " FOR EACH ROW EXECUTE FUNCTION public.fail_once()"))
+    # The first insert of a rollup row for 2026-11-11 fails (a sequence is not rolled back with the
+    # transaction, so the retry gets through).
+    _on_rollup_insert(old_db_url, "fail_once",
+                      "IF NEW.day = DATE '2026-11-11' AND nextval('public.fail_once') = 1 THEN"
+                      " RAISE EXCEPTION 'injected rollup failure'; END IF;",
+                      before="CREATE SEQUENCE public.fail_once;")
 
     summary = job.backfill(replace(_settings(old_db_url), batch_size=6), SINCE, UNTIL)
 
@@ -112,9 +123,7 @@ def test_a_day_whose_background_refresh_failed_is_rebuilt_by_the_closing_refresh
     with connect(old_db_url) as conn:
         attempts = conn.execute(text("SELECT last_value FROM public.fail_once")).scalar()
     assert attempts is not None and int(attempts) >= 2  # failed once behind the batches, then done
-    assert _rollup(old_db_url) == _recomputed(old_db_url)
-    assert date(2026, 11, 11) in {row[0] for row in _rollup(old_db_url)}
-    assert _pending(old_db_url) == []
+    _assert_rollup_is_a_full_rebuild(old_db_url)
 
 
 def test_a_dry_run_writes_no_rollup(old_db_url: str) -> None:
@@ -139,20 +148,13 @@ def test_two_workers_leave_the_rollup_of_a_full_rebuild(old_db_url: str) -> None
     _seed(old_db_url)
     summary = job.backfill(_settings(old_db_url), SINCE, UNTIL, workers=2)
     assert summary.outcomes["repaired"] == 48
-    assert _rollup(old_db_url) == _recomputed(old_db_url)
-    assert {row[0] for row in _rollup(old_db_url)} == set(DAYS)
-    assert _pending(old_db_url) == []
+    _assert_rollup_is_a_full_rebuild(old_db_url)
 
 
 def test_an_interrupted_backfill_cancels_its_rebuild_and_a_reissue_finishes(old_db_url: str) -> None:
     _seed(old_db_url)
-    with connect(old_db_url) as conn:
-        # Rebuilding a day takes seconds (a big production day), so one is under way when we stop.
-        conn.execute(text(
-            "CREATE FUNCTION public.slow_rollup() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$;"
-            " CREATE TRIGGER slow_rollup BEFORE INSERT ON ttft_reconcile.ttft_daily"
-            " FOR EACH ROW EXECUTE FUNCTION public.slow_rollup()"))
+    # Rebuilding a day takes seconds (a big production day), so one is under way when we stop.
+    _on_rollup_insert(old_db_url, "slow_rollup", "PERFORM pg_sleep(5);")
     stop = StopFlag()
 
     def progress(p: Progress) -> None:
@@ -174,5 +176,4 @@ def test_an_interrupted_backfill_cancels_its_rebuild_and_a_reissue_finishes(old_
 
     again = job.backfill(_settings(old_db_url), SINCE, UNTIL)
     assert again.status == "succeeded"
-    assert _rollup(old_db_url) == _recomputed(old_db_url)
-    assert _pending(old_db_url) == []
+    _assert_rollup_is_a_full_rebuild(old_db_url)
