@@ -268,6 +268,9 @@ def test_lane_excludes_across_lock_modes(db_url: str) -> None:
         (["backfill", *WINDOW, "--tolerance-ms", "nan"], "finite"),
         (["run", "--settle", "99999999999d"], "longer than"),
         (["run", "--lookback", "3000000d"], "longer than"),
+        (["report", "--since", "garbage"], "--since: not a date"),
+        (["export", "--since", "2026-03-01", "--until", "soon"], "--until: not a date"),
+        (["export", "--since", "2026-03-01", "--json"], "--json does not apply"),
     ],
 )
 def test_absurd_values_are_usage_errors(db_url: str, args: list[str], message: str) -> None:
@@ -280,3 +283,12 @@ def test_unwritable_export_file_is_one_line(db_url: str) -> None:
     result = invoke("export", "--since", "2026-03-10", "--database-url", db_url, "--output", "/nonexistent/dir/x.csv")
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and "/nonexistent/dir/x.csv" in result.output
+
+
+def test_migrate_notes_when_litellm_tables_are_not_where_the_url_says(db_url: str) -> None:
+    found = invoke("migrate", "--database-url", db_url)
+    assert found.exit_code == 0 and "note:" not in found.output
+    elsewhere = invoke("migrate", "--database-url", services.with_params(db_url, schema="litellm"))
+    assert elsewhere.exit_code == 0, elsewhere.output  # our schema is installed all the same
+    assert 'note: table "LiteLLM_SpendLogs" not found in schema "litellm"' in elsewhere.output
+    assert "?schema=public" in elsewhere.output

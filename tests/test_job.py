@@ -308,6 +308,38 @@ def test_rollback_refuses_while_the_run_is_still_writing(db_url: str) -> None:
     assert done.candidates == 0
 
 
+def test_rollback_of_a_finished_run_refuses_while_another_run_over_its_window_is_live(db_url: str) -> None:
+    from ttft_reconcile.errors import LaneHeld
+
+    with connect(db_url) as conn:
+        row = broken_stream(datetime(2026, 3, 10, 12, 30))
+        insert_spend(conn, [row])
+        insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    settings = settings_for(db_url)
+    finished = job.backfill(settings, SINCE, UNTIL)
+    assert finished.outcomes["repaired"] == 1
+    with connect(db_url) as conn:
+        conn.execute("INSERT INTO ttft_reconcile.runs (mode, status, window_since, window_until, heartbeat_at)"
+                     " VALUES ('backfill', 'running', '2026-03-10 12:00+00', '2026-03-12', now())")
+        conn.commit()
+        live = conn.execute("SELECT max(id) FROM ttft_reconcile.runs").fetchone()
+    assert live is not None
+    with pytest.raises(LaneHeld, match=f"run {live[0]} is still writing"):
+        job.rollback(settings, run_id=finished.run_id)
+    with connect(db_url) as conn:
+        assert cst_of(conn, row.request_id) == row.start + ms(100)  # nothing undone
+        # the live run's window moved past this one: no longer in the way
+        conn.execute("UPDATE ttft_reconcile.runs SET window_since = '2026-03-11' WHERE id = %s", live)
+        conn.commit()
+    undone = job.rollback(settings, run_id=finished.run_id)
+    assert undone.outcomes["reverted"] == 1 and undone.message == f"rolled back run {finished.run_id}"
+    again = job.rollback(settings, run_id=finished.run_id)
+    assert again.outcomes["reverted"] == 0
+    assert again.message.startswith(f"nothing to roll back in run {finished.run_id}")
+    dry = job.backfill(settings_for(db_url, dry_run=True), SINCE, datetime(2026, 3, 10, 23, tzinfo=timezone.utc))
+    assert "dry run" in job.rollback(settings, run_id=dry.run_id).message
+
+
 def test_ad_hoc_backfill_options_do_not_change_the_dashboard_settings(db_url: str) -> None:
     settings = settings_for(db_url, call_types=("acompletion",), tolerance_ms=1000)
     job.backfill(settings, SINCE, UNTIL)

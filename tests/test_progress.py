@@ -44,3 +44,19 @@ def test_tty_redraws_one_line_and_slices_drive_the_fraction() -> None:
 def test_a_one_slice_backfill_moves_before_it_finishes() -> None:
     assert ProgressPrinter.fraction(progress(10, 12, slices_done=0, slices_total=1)) == 0.5
     assert ProgressPrinter.fraction(progress(10, 12, slices_done=1, slices_total=1)) == 1.0
+
+
+def test_completed_work_ends_at_100_percent_and_a_dry_run_says_would_be() -> None:
+    out = io.StringIO()
+    printer = ProgressPrinter(out, interval_s=0, tty=False, dry_run=True)
+    printer(progress(30, 12))
+    printer.close(completed=True)
+    lines = out.getvalue().splitlines()
+    assert "50.0%" in lines[0] and "15 would be repaired" in lines[0]
+    assert lines[1].startswith("100.0% ") and "30 candidates" in lines[1]
+    stopped = io.StringIO()
+    interrupted = ProgressPrinter(stopped, interval_s=0, tty=False)
+    interrupted(progress(30, 12))
+    interrupted.close()  # interrupted: the last state stays as it was
+    [only] = stopped.getvalue().splitlines()
+    assert only.startswith("50.0% backfill: 30 candidates, 15 repaired,")

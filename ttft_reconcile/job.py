@@ -579,7 +579,8 @@ def _backfill_worker(
         run_id = _new_run(engine, settings, shape, mode="backfill", since=since, until=until,
                           backfill_id=backfill_id)
         note = (
-            f"backfill {backfill_id} of this window and policy finished at {finished_before.isoformat()};"
+            f"the backfill of this window and policy (backfill id {backfill_id}) finished at"
+            f" {finished_before.isoformat()};"
             " nothing to do (--restart redoes it)"
             if finished_before is not None
             else ""
@@ -612,13 +613,14 @@ def _backfill_worker(
                     # Other workers hold the rest: wait until they finish it, or until a dead
                     # worker's lease lapses and we can take its slice over.
                     if not waiting_logged:
-                        log.warning("%d slice(s) of backfill %d are held by other workers; waiting for them"
-                                 " (a silent worker's slice is reclaimed after %s)", total_now - done,
-                                 backfill_id, settings.slice_lease)
+                        log.warning("%d slice(s) of this backfill (backfill id %d) are held by other"
+                                    " workers, this command's or another's; waiting for them (a silent"
+                                    " worker's slice is reclaimed after %s)", total_now - done,
+                                    backfill_id, settings.slice_lease)
                         waiting_logged = True
                     _pause(stop, min(HELD_SLICE_POLL, settings.slice_lease))
                     continue
-                log.info("slice %d of backfill %d: %s .. %s", piece.slice_no, backfill_id,
+                log.info("slice %d of backfill id %d: %s .. %s", piece.slice_no, backfill_id,
                          piece.since.isoformat(), piece.until.isoformat())
 
                 def on_commit(conn: Connection, position: Position | None, scanned: int,
@@ -837,8 +839,15 @@ def rollback(
                 raise UsageError(f"no run with id {run_id}")
             if target["mode"] == "rollback":
                 raise UsageError(f"run {run_id} is itself a rollback; roll back the run it undid by re-running it")
+            target_was_dry_run = bool(target["dry_run"])
+            # Its rows can be written again by any live run over the same window, not just by itself.
+            check_since, check_until = target["window_since"], target["window_until"]
+        else:
+            target_was_dry_run = False
+            check_since, check_until = since, until
         with transaction(engine, settings.limits) as conn:
-            busy = queries.live_runs(conn, run_id=run_id, since=since, until=until, silent_for=LIVE_WITHIN)
+            busy = queries.live_runs(conn, run_id=run_id, since=check_since, until=check_until,
+                                     silent_for=LIVE_WITHIN)
         if busy and not force:
             # Rolling back under a live run would undo only what it had written so far.
             minutes = int(LIVE_WITHIN.total_seconds() // 60)
@@ -884,10 +893,23 @@ def rollback(
                 _refresh_days(engine, settings, tally.days, this_run, since, until)
                 return _summary(this_run, "rollback", settings, tally, since=since, until=until,
                                 started=started, status="succeeded", policy="rollback",
-                                message=("would roll back" if settings.dry_run else "rolled back")
-                                + (f" run {run_id}" if run_id else " the window")
-                                + (" (dry run: nothing changed)" if settings.dry_run else ""))
+                                message=_rollback_message(run_id, target_was_dry_run, tally, settings.dry_run))
 
             return _guarded(engine, settings, this_run, body, stop)
     finally:
         engine.dispose()
+
+
+def _rollback_message(run_id: int | None, target_was_dry_run: bool, tally: _Tally, dry_run: bool) -> str:
+    """The rollback's summary line: what it undid, or why there was nothing to undo."""
+    what = f"run {run_id}" if run_id is not None else "the window"
+    if target_was_dry_run:
+        return f"nothing to roll back: run {run_id} was a dry run and changed nothing"
+    if tally.outcomes.get(oc.REVERTED, 0) == 0:
+        changed = tally.outcomes.get(oc.CHANGED, 0)
+        why = (f"{changed} value(s) were changed by someone else since and are left alone" if changed
+               else "no applied corrections are left (already rolled back, or it repaired nothing)")
+        return f"nothing to roll back in {what}: {why}"
+    if dry_run:
+        return f"would roll back {what} (dry run: nothing changed)"
+    return f"rolled back {what}"

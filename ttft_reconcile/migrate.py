@@ -15,7 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from ttft_reconcile.errors import UsageError
+from ttft_reconcile.db import inspect_spend_logs
+from ttft_reconcile.errors import SchemaMissing, UsageError
 
 SCHEMA = "ttft_reconcile"
 
@@ -75,6 +76,17 @@ def upgrade(engine: Engine, revision: str = "head") -> MigrationState:
         command.upgrade(cfg, revision)
         conn.commit()
         return migration_state(conn)
+
+
+def spend_logs_missing(engine: Engine, schema: str) -> str | None:
+    """Why a job could not find LiteLLM's SpendLogs in `schema` (None when it can): `migrate`
+    works without it, so the capture can record before LiteLLM's tables exist."""
+    with engine.connect() as conn:
+        try:
+            inspect_spend_logs(conn, schema)
+        except SchemaMissing as missing:
+            return str(missing)
+    return None
 
 
 def downgrade_to_base(engine: Engine, *, force: bool = False) -> None:

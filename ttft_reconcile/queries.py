@@ -493,21 +493,16 @@ def heartbeat_run(conn: Connection, run_id: int) -> None:
 def live_runs(
     conn: Connection, *, run_id: int | None, since: datetime | None, until: datetime | None, silent_for: timedelta
 ) -> list[int]:
-    """Runs still working (not a rollback, not a dry run, heartbeat recent): `run_id`, or any overlapping."""
+    """Runs still working (not a rollback, not a dry run, heartbeat recent): `run_id`, and any whose
+    window overlaps [since, until) (naive or aware UTC; None is unbounded on that side)."""
+    params: dict[str, Any] = {"s": silent_for.total_seconds(), "id": run_id, "since": since, "until": until}
     filters = [
         "status = 'running'",
         "mode <> 'rollback'",
         "NOT dry_run",
         "coalesce(heartbeat_at, started_at) >= now() - make_interval(secs => :s)",
+        "(id = :id OR ((window_until IS NULL OR CAST(:since AS timestamptz) IS NULL OR window_until > :since)"
+        " AND (window_since IS NULL OR CAST(:until AS timestamptz) IS NULL OR window_since < :until)))",
     ]
-    params: dict[str, Any] = {"s": silent_for.total_seconds()}
-    if run_id is not None:
-        filters.append("id = :id")
-        params["id"] = run_id
-    else:
-        filters.append(
-            "(window_until IS NULL OR window_until > :since) AND (window_since IS NULL OR window_since < :until)"
-        )
-        params["since"], params["until"] = since, until
     rows = conn.execute(text(f"SELECT id FROM {S}.runs WHERE {' AND '.join(filters)} ORDER BY id"), params).all()
     return [int(r[0]) for r in rows]

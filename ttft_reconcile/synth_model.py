@@ -331,7 +331,7 @@ def generate_chunk(ctx: Context, rng: np.random.Generator, lo: int, m: int, extr
     nan = np.full(m, np.nan)
     fo = np.where((nfo == 1) | (fmt == "unknown"), nan, fo)
     fv = np.where((nfo >= 1) | (fmt == "unknown"), nan, fv)
-    fc, fe, last = (np.where(zero, nan, x) for x in (fc, fe, last))
+    fc, fe, fo, fv, last = (np.where(zero, nan, x) for x in (fc, fe, fo, fv, last))  # no byte, no instant
 
     # --- SpendLogs instants (ms) ----------------------------------------------------------------
     late = old & anthropic_messages & streaming

@@ -64,7 +64,9 @@ def migrate_command(as_sql: bool, from_revision: str | None, downgrade_to_base: 
         if as_sql:
             click.echo(migrations.offline_sql(from_revision=from_revision), nl=False)
             return
-        engine = make_engine(parse_url(kwargs["database_url"]))
+        url = parse_url(kwargs["database_url"])
+        engine = make_engine(url)
+        missing = None
         try:
             if downgrade_to_base:
                 migrations.downgrade_to_base(engine, force=force)
@@ -72,8 +74,11 @@ def migrate_command(as_sql: bool, from_revision: str | None, downgrade_to_base: 
             else:
                 result = migrations.upgrade(engine)
                 state = {"current": result.current, "head": result.head}
+                missing = migrations.spend_logs_missing(engine, url.litellm_schema)
         finally:
             engine.dispose()
+        if missing:
+            click.echo(f"note: {missing}; `run` and `backfill` need it (the capture does not)", err=True)
         if kwargs["as_json"]:
             echo_json(state)
         elif downgrade_to_base:
@@ -93,9 +98,11 @@ def print_summary(summary: RunSummary, as_json: bool) -> None:
     if summary.since and summary.until:
         window = f" [{summary.since.isoformat()} .. {summary.until.isoformat()})"
     dry = " (dry run: nothing written)" if summary.dry_run else ""
+    policy = "" if summary.mode == "rollback" else f", policy {summary.policy}"
+    batches = f"{summary.batches} batch" + ("" if summary.batches == 1 else "es")
     click.echo(
-        f"{summary.mode} {summary.run_id}{window}: {summary.candidates} candidates in {summary.batches} batches,"
-        f" {summary.duration_seconds:.1f}s, policy {summary.policy}{dry}"
+        f"{summary.mode} {summary.run_id}{window}: {summary.candidates} candidates in {batches},"
+        f" {summary.duration_seconds:.1f}s{policy}{dry}"
     )
     would = "would be " if summary.dry_run else ""  # a dry run counts what it would do
     for outcome, count in summary.outcomes.items():
@@ -133,13 +140,16 @@ def _with_progress(
     kwargs: dict[str, Any], call: Callable[[StopFlag, ProgressPrinter | None], RunSummary]
 ) -> RunSummary:
     """Run a job with graceful SIGINT/SIGTERM handling and, unless --json, progress on stderr."""
-    printer = ProgressPrinter() if not kwargs["as_json"] else None
+    printer = ProgressPrinter(dry_run=bool(kwargs.get("dry_run"))) if not kwargs["as_json"] else None
+    completed = False
     with graceful_signals(StopFlag()) as stop:
         try:
-            return call(stop, printer)
+            summary = call(stop, printer)
+            completed = True
+            return summary
         finally:
             if printer:
-                printer.close()
+                printer.close(completed=completed)
 
 
 def _instant(value: str | None, flag: str) -> datetime | None:

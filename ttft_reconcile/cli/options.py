@@ -57,10 +57,12 @@ database_options = _compose(
     ),
     click.option("--statement-timeout", type=DURATION, default="30s", show_default=True,
                  envvar="TTFT_RECONCILE_STATEMENT_TIMEOUT",
-                 help="Per-statement limit (SET LOCAL); 0 means none, else 1ms to 24d.", show_envvar=True),
+                 help="Per-statement limit (SET LOCAL), e.g. 500ms, 30s, 2m (a bare number is"
+                      " seconds); 0 means none, else 1ms to 24d.", show_envvar=True),
     click.option("--lock-timeout", type=DURATION, default="5s", show_default=True,
                  envvar="TTFT_RECONCILE_LOCK_TIMEOUT",
-                 help="Longest wait for a row or table lock; 0 means none, else 1ms to 24d.", show_envvar=True),
+                 help="Longest wait for a row or table lock, e.g. 500ms, 5s (a bare number is seconds);"
+                      " 0 means none, else 1ms to 24d.", show_envvar=True),
 )
 
 output_options = _compose(

@@ -12,17 +12,21 @@ from ttft_reconcile.job import Progress
 class ProgressPrinter:
     """Callable for the job's progress callback; writes to stderr."""
 
-    def __init__(self, stream: TextIO | None = None, *, interval_s: float = 10.0, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, interval_s: float = 10.0, tty: bool | None = None,
+                 dry_run: bool = False) -> None:
         self.stream = stream or sys.stderr
+        self.dry_run = dry_run
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval_s = 0.2 if self.tty else interval_s
         self.last: float | None = None  # the first update always shows (monotonic time may be small)
         self.started = time.monotonic()
         self.drawn = False
         self.pending: Progress | None = None
+        self.latest: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
+        self.latest = progress
         if self.last is not None and now - self.last < self.interval_s:
             self.pending = progress
             return
@@ -30,8 +34,8 @@ class ProgressPrinter:
         self.pending = None
         self._show(progress, now)
 
-    def _show(self, progress: Progress, now: float) -> None:
-        line = self.describe(progress, now - self.started)
+    def _show(self, progress: Progress, now: float, *, complete: bool = False) -> None:
+        line = self.describe(progress, now - self.started, complete=complete)
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
             self.drawn = True
@@ -39,9 +43,13 @@ class ProgressPrinter:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def close(self) -> None:
-        """Show the last state (if it was throttled away), then end the bar's line."""
-        if self.pending is not None and (self.drawn or not self.tty):
+    def close(self, *, completed: bool = False) -> None:
+        """Show the last state (if it was throttled away; at 100 % when the work `completed`), then
+        end the bar's line."""
+        if completed and self.latest is not None:
+            self._show(self.latest, time.monotonic(), complete=True)
+            self.pending = None
+        elif self.pending is not None and (self.drawn or not self.tty):
             self._show(self.pending, time.monotonic())
             self.pending = None
         if self.tty and self.drawn:
@@ -60,8 +68,9 @@ class ProgressPrinter:
             return min(1.0, (progress.slices_done + (within or 0.0)) / progress.slices_total)
         return within
 
-    def describe(self, progress: Progress, elapsed_s: float) -> str:
-        share = self.fraction(progress)
+    def describe(self, progress: Progress, elapsed_s: float, *, complete: bool = False) -> str:
+        """One line; `complete` shows 100 % (the last candidate's start time is short of the end)."""
+        share = 1.0 if complete else self.fraction(progress)
         repaired = progress.outcomes.get("repaired", 0)
         rate = progress.scanned / elapsed_s if elapsed_s > 0 else 0.0
         head = ""
@@ -74,6 +83,7 @@ class ProgressPrinter:
         where = f" at {progress.position.isoformat(sep=' ', timespec='seconds')}Z" if progress.position else ""
         slices = f" slices {progress.slices_done}/{progress.slices_total}" if progress.slices_total else ""
         return (
-            f"{head}{progress.mode}: {progress.scanned} candidates, {repaired} repaired,"
+            f"{head}{progress.mode}: {progress.scanned} candidates, {repaired}"
+            f" {'would be repaired' if self.dry_run else 'repaired'},"
             f" {progress.batches} batches, {rate:.0f} rows/s{slices}{where}"
         )

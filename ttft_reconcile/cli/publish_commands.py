@@ -36,10 +36,18 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _flag_instant(value: str, flag: str) -> datetime:
+    """`value` parsed as an instant; an error names the flag it came from."""
+    try:
+        return parse_instant(value)
+    except UsageError as error:
+        raise UsageError(f"{flag}: {error}") from None
+
+
 def _window(since: str | None, until: str | None, default_days: int | None) -> tuple[datetime, datetime]:
-    end = parse_instant(until) if until else _now()
+    end = _flag_instant(until, "--until") if until else _now()
     if since:
-        start = parse_instant(since)
+        start = _flag_instant(since, "--since")
     elif default_days is not None:
         start = end - timedelta(days=default_days)
     else:
@@ -178,6 +186,9 @@ def export_command(since: str, until: str | None, fmt: str, output: str | None, 
     """
 
     def action() -> None:
+        if kwargs["as_json"]:
+            raise UsageError("export writes records, not a summary: --json does not apply (records are"
+                             " JSON Lines by default; see --format)")
         start, end = _window(since, until, default_days=None)
         engine = make_engine(parse_url(kwargs["database_url"]))
         handle: IO[str] = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
