@@ -340,6 +340,34 @@ def test_rollback_of_a_finished_run_refuses_while_another_run_over_its_window_is
     assert "dry run" in job.rollback(settings, run_id=dry.run_id).message
 
 
+def test_a_correction_overwritten_since_is_changed_not_confirmed(db_url: str) -> None:
+    from sqlalchemy import create_engine
+
+    from ttft_reconcile.explain import explain
+
+    with connect(db_url) as conn:
+        row = broken_stream(datetime(2026, 3, 10, 12, 30))
+        insert_spend(conn, [row])
+        insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    settings = settings_for(db_url)
+    assert job.backfill(settings, SINCE, UNTIL).outcomes["repaired"] == 1
+    with connect(db_url) as conn:  # another writer puts the broken value back
+        conn.execute('UPDATE "LiteLLM_SpendLogs" SET "completionStartTime" = "endTime" WHERE request_id = %s',
+                     (row.request_id,))
+        conn.commit()
+    again = job.backfill(settings, SINCE, UNTIL, restart=True)
+    assert again.outcomes["changed"] == 1 and again.outcomes["confirmed"] == 0
+    engine = create_engine(settings.database.sqlalchemy)
+    try:
+        with engine.connect() as conn:
+            told = explain(conn, row.request_id)
+    finally:
+        engine.dispose()
+    assert told.verdict == "changed" and "someone else changed it" in told.reason
+    with connect(db_url) as conn:
+        assert cst_of(conn, row.request_id) == row.cst  # left as the other writer set it
+
+
 def test_ad_hoc_backfill_options_do_not_change_the_dashboard_settings(db_url: str) -> None:
     settings = settings_for(db_url, call_types=("acompletion",), tolerance_ms=1000)
     job.backfill(settings, SINCE, UNTIL)

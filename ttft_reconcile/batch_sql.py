@@ -188,9 +188,10 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         # the row carries a correction of ours (applied) or only reverted ones.
         " SELECT j.*, (j.j_req IS NOT NULL)::int + (j.j_col IS NOT NULL AND j.j_col IS DISTINCT FROM j.j_req)::int"
         " + (j.j_resp IS NOT NULL AND j.j_resp IS DISTINCT FROM j.j_req AND j.j_resp IS DISTINCT FROM j.j_col)::int"
-        " AS n_targets, o.applied"
+        " AS n_targets, o.applied, o.applied_cst"
         " FROM joined j"
-        " LEFT JOIN (SELECT co.request_id, co.start_time, bool_or(co.status = 'applied') AS applied"
+        " LEFT JOIN (SELECT co.request_id, co.start_time, bool_or(co.status = 'applied') AS applied,"
+        "  max(co.new_completion_start_time) FILTER (WHERE co.status = 'applied') AS applied_cst"
         f"  FROM {S}.corrections co WHERE co.start_time >= (SELECT first_start FROM span)"
         "  AND co.start_time <= (SELECT last_start FROM span) GROUP BY co.request_id, co.start_time) o"
         "  ON o.request_id = j.request_id AND o.start_time = j.start_time"
@@ -201,6 +202,8 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         f" WHEN v.new_cst IS NULL THEN '{oc.NO_FIRST_TOKEN}'"
         f" WHEN v.new_cst < v.start_time OR v.new_cst > v.end_time THEN '{oc.OUT_OF_BOUNDS}'"
         f" WHEN :hold_rolled_back AND v.applied IS FALSE THEN '{oc.CHANGED}'"
+        # our correction was overwritten since: the value is someone else's now
+        f" WHEN v.applied IS TRUE AND v.old_cst IS DISTINCT FROM v.applied_cst THEN '{oc.CHANGED}'"
         " WHEN v.applied IS TRUE OR (v.old_cst IS NOT NULL"
         f"   AND v.new_cst - v.old_cst BETWEEN interval '-1 millisecond' AND interval '1 millisecond')"
         f"   THEN '{oc.CONFIRMED}'"

@@ -193,13 +193,14 @@ def classify_batch(
     traces: pd.DataFrame,
     *,
     policy: str,
-    already_ours: Iterable[tuple[str, datetime]] = (),
+    already_ours: Mapping[tuple[str, datetime], datetime] | None = None,
     rolled_back: Iterable[tuple[str, datetime]] = (),
 ) -> BatchDecisions:
-    """Decide every candidate. Exactly one outcome each; `changed` is decided later, by the write."""
+    """Decide every candidate. Exactly one outcome each. `already_ours` maps the rows that have an
+    applied correction to the value it wrote; `changed` is otherwise decided later, by the write."""
     column = POLICY_COLUMNS[policy]
     index = _TraceIndex(traces)
-    ours = set(already_ours)
+    ours = dict(already_ours or {})
     reverted = set(rolled_back)
     decisions: list[Decision] = []
     for row in candidates.itertuples(index=False):
@@ -239,6 +240,10 @@ def classify_batch(
         if (request_id, start) in reverted and (request_id, start) not in ours:
             decide(oc.CHANGED, "its correction was rolled back; `run` leaves it alone (a backfill re-applies it)",
                    evidence=evidence)
+            continue
+        if (request_id, start) in ours and old != ours[(request_id, start)]:
+            decide(oc.CHANGED, "its correction was overwritten since (the stored value is no longer ours);"
+                   " left alone", evidence=evidence)
             continue
         if (old is not None and abs(new - old) <= CONFIRM_WITHIN) or (request_id, start) in ours:
             decide(oc.CONFIRMED, "the stored value already agrees with the trace (or is our correction)",

@@ -207,6 +207,12 @@ def _verdict(
         return ("reconciled",
                 f"run {live.run_id} set completionStartTime {live.old_completion_start_time} -> "
                 f"{live.new_completion_start_time} under policy {live.policy} (TTFT {live.ttft_ms:.0f} ms)", None)
+    overwritten = next((c for c in corrections if c.status == "applied"), None)
+    if overwritten is not None:
+        return (oc.CHANGED,
+                f"run {overwritten.run_id} set completionStartTime {overwritten.old_completion_start_time} -> "
+                f"{overwritten.new_completion_start_time}, but the stored value is now {row.completion_start_time}:"
+                " someone else changed it since, so the job leaves it alone and rollback would too", None)
     if row.call_type not in call_types:
         configured = ", ".join(call_types)
         return "not_candidate", f"call_type {row.call_type} is not in the configured set ({configured})", None

@@ -111,9 +111,16 @@ def test_classify_is_total_bounded_idempotent_and_order_free(
     after = [{**r, "completion_start_time": written.get(r["request_id"], r["completion_start_time"])}
              for r in candidates]
     frame_after, _ = _frames(after, found)
-    for ours in ([], [(r.request_id, r.start_time) for r in decided.repairs]):
+    for ours in ({}, {(r.request_id, r.start_time): r.new for r in decided.repairs}):
         again = classify_batch(frame_after, trace_frame, policy=policy, already_ours=ours)
-        assert again.repairs == []
+        assert again.repairs == [] and again.counts()[oc.CHANGED] == 0
+    # a correction overwritten since is someone else's value now: left alone, counted changed
+    if decided.repairs:
+        first = decided.repairs[0]
+        overwritten = classify_batch(frame, trace_frame, policy=policy,
+                                     already_ours={(first.request_id, first.start_time): first.new})
+        assert overwritten.counts()[oc.CHANGED] == 1
+        assert first.request_id not in {r.request_id for r in overwritten.repairs}
 
 
 def _reset(conn: psycopg.Connection[Any]) -> None:
