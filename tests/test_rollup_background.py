@@ -177,3 +177,62 @@ def test_an_interrupted_backfill_cancels_its_rebuild_and_a_reissue_finishes(old_
     again = job.backfill(_settings(old_db_url), SINCE, UNTIL)
     assert again.status == "succeeded"
     _assert_rollup_is_a_full_rebuild(old_db_url)
+
+
+def test_a_killed_backfills_rebuild_does_not_keep_its_day_from_the_reissue(old_db_url: str) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from tests.reliability.procs import SCRIPT
+
+    _seed(old_db_url)
+    # The first rollup insert ever sleeps: the killed job's rebuild would hold its day for 30 s.
+    _on_rollup_insert(old_db_url, "slow_once", "IF nextval('public.slow_once') = 1 THEN PERFORM pg_sleep(30);"
+                      " END IF;", before="CREATE SEQUENCE public.slow_once;")
+    proc = subprocess.Popen([SCRIPT, "backfill", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat(),
+                             "--batch-size", "4", "--database-url", old_db_url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        sleeping = 0
+        while sleeping == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            with connect(old_db_url) as conn:
+                sleeping = conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event = 'PgSleep'")).scalar() or 0
+        assert sleeping == 1, "the rebuild never started"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    started = time.monotonic()
+    # re-issued at once; the killed worker's slice is taken over when its lease lapses
+    again = job.backfill(replace(_settings(old_db_url), slice_lease=timedelta(seconds=1)), SINCE, UNTIL)
+    assert again.status == "succeeded"
+    assert time.monotonic() - started < 15  # the orphaned rebuild was stopped, not waited out
+    _assert_rollup_is_a_full_rebuild(old_db_url)
+
+
+def test_a_pending_day_of_the_window_held_by_another_session_is_waited_for(old_db_url: str) -> None:
+    import threading
+
+    import psycopg
+
+    _seed(old_db_url)
+    assert job.backfill(_settings(old_db_url), SINCE, UNTIL).status == "succeeded"
+    with connect(old_db_url) as conn:  # a day left pending, its rollup gone
+        conn.execute(text("INSERT INTO ttft_reconcile.rollup_pending (day) VALUES ('2026-11-11')"))
+        conn.execute(text("DELETE FROM ttft_reconcile.ttft_daily WHERE day = '2026-11-11'"))
+    holder = psycopg.connect(old_db_url)
+    holder.execute("SELECT day FROM ttft_reconcile.rollup_pending FOR UPDATE")  # a session dying slowly
+    release = threading.Timer(1.5, holder.rollback)
+    release.start()
+    try:
+        again = job.backfill(_settings(old_db_url), SINCE, UNTIL)  # finished: nothing to do but the rollup
+    finally:
+        release.join()
+        holder.close()
+    assert "nothing to do" in again.message
+    _assert_rollup_is_a_full_rebuild(old_db_url)

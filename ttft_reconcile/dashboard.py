@@ -79,6 +79,12 @@ def pending_days(conn: Connection, first: date, last: date, stale_after: timedel
         text(q.PENDING_DAYS), {"first_day": first, "last_day": last, "stale": stale_after})}
 
 
+def pending_days_waiting(conn: Connection, first: date, last: date) -> set[date]:
+    """Pending UTC days within [first, last], locked for this transaction: waits (up to
+    lock_timeout) for a refresh or batch that holds one."""
+    return {row[0] for row in conn.execute(text(q.PENDING_DAYS_WAIT), {"first_day": first, "last_day": last})}
+
+
 def refresh_ttft_daily(conn: Connection, days: Sequence[date]) -> int:
     """Rebuild `ttft_daily` for these UTC days, a run of consecutive days per statement; returns
     the number of rows written."""

@@ -45,6 +45,14 @@ WHERE (day >= CAST(:first_day AS date) AND day <= CAST(:last_day AS date))
    OR marked_at < now() - CAST(:stale AS interval)
 FOR UPDATE SKIP LOCKED
 """
+# The pending days of a command's own window that the first pass skipped, waited for (up to
+# lock_timeout): a refresh under way that commits has cleared them (they are then not returned),
+# one that fails or whose job was killed leaves them for this command.
+PENDING_DAYS_WAIT: Final = """
+SELECT day FROM ttft_reconcile.rollup_pending
+WHERE day >= CAST(:first_day AS date) AND day <= CAST(:last_day AS date)
+FOR UPDATE
+"""
 DELETE_DAILY: Final = "DELETE FROM ttft_reconcile.ttft_daily WHERE day >= :first_day AND day <= :last_day"
 
 # The UTC days [first_day, last_day], read and aggregated in one statement (migration 0003).

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
@@ -192,6 +193,20 @@ def _refresh_days(engine: Engine, settings: JobSettings, days: set[date], run_id
         with transaction(engine, _refresh_limits(settings)) as conn:
             queries.heartbeat_run(conn, run_id)
             dashboard.refresh_day_range(conn, first, last)
+    if window_first > window_last:
+        return
+    # Days of this window skipped above because another session held their mark: wait for it. A
+    # refresh that commits has done them; a killed job's statement ends within a second.
+    try:
+        with transaction(engine, _refresh_limits(settings)) as conn:
+            late = dashboard.pending_days_waiting(conn, window_first, window_last)
+            for first, last in dashboard.day_ranges(late):
+                dashboard.refresh_day_range(conn, first, last)
+    except sa_exc.OperationalError as error:
+        if not isinstance(error.orig, psycopg.errors.LockNotAvailable):
+            raise
+        log.warning("ttft_daily of some days in this window stays pending: another session held them"
+                    " longer than --lock-timeout; the next command rebuilds them")
 
 
 def _new_run(
