@@ -251,12 +251,18 @@ def test_incremental_run_checkpoint_lookback_and_settle(db_url: str) -> None:
     assert second.checkpoint == now + timedelta(minutes=3)
 
 
-def test_run_never_undoes_a_rollback_but_a_backfill_reapplies(db_url: str) -> None:
-    now = datetime(2026, 3, 10, 13, 0, tzinfo=timezone.utc)
-    with connect(db_url) as conn:
+def _one_broken_traced_row(url: str) -> SpendRow:
+    """A broken stream at 2026-03-10 12:30 UTC whose trace puts its first chunk 100 ms in."""
+    with connect(url) as conn:
         row = broken_stream(datetime(2026, 3, 10, 12, 30))
         insert_spend(conn, [row])
         insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    return row
+
+
+def test_run_never_undoes_a_rollback_but_a_backfill_reapplies(db_url: str) -> None:
+    now = datetime(2026, 3, 10, 13, 0, tzinfo=timezone.utc)
+    row = _one_broken_traced_row(db_url)
     settings = settings_for(db_url)
     first = job.run_incremental(settings, now=now)
     assert first.outcomes["repaired"] == 1
@@ -289,17 +295,22 @@ def test_finished_backfill_says_so_and_abandoned_runs_are_closed(db_url: str) ->
     assert statuses[1][1].startswith("abandoned: no heartbeat since")
 
 
+def _live_backfill_run(url: str, since: str, until: str) -> int:
+    """A backfill run row over [since, until) that heartbeated just now; its id."""
+    with connect(url) as conn:
+        live = conn.execute("INSERT INTO ttft_reconcile.runs (mode, status, window_since, window_until, heartbeat_at)"
+                            " VALUES ('backfill', 'running', %s, %s, now()) RETURNING id", (since, until)).fetchone()
+        conn.commit()
+    assert live is not None
+    return int(live[0])
+
+
 def test_rollback_refuses_while_the_run_is_still_writing(db_url: str) -> None:
     from ttft_reconcile.errors import LaneHeld
 
-    with connect(db_url) as conn:
-        conn.execute("INSERT INTO ttft_reconcile.runs (mode, status, window_since, window_until, heartbeat_at)"
-                     " VALUES ('backfill', 'running', '2026-03-10', '2026-03-11', now())")
-        conn.commit()
-        live = conn.execute("SELECT max(id) FROM ttft_reconcile.runs").fetchone()
-    assert live is not None
+    live = _live_backfill_run(db_url, "2026-03-10", "2026-03-11")
     with pytest.raises(LaneHeld, match="still writing"):
-        job.rollback(settings_for(db_url), run_id=live[0])
+        job.rollback(settings_for(db_url), run_id=live)
     with pytest.raises(LaneHeld, match="still writing"):
         job.rollback(settings_for(db_url), since=SINCE, until=UNTIL)
     # a window elsewhere is fine
@@ -311,25 +322,17 @@ def test_rollback_refuses_while_the_run_is_still_writing(db_url: str) -> None:
 def test_rollback_of_a_finished_run_refuses_while_another_run_over_its_window_is_live(db_url: str) -> None:
     from ttft_reconcile.errors import LaneHeld
 
-    with connect(db_url) as conn:
-        row = broken_stream(datetime(2026, 3, 10, 12, 30))
-        insert_spend(conn, [row])
-        insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    row = _one_broken_traced_row(db_url)
     settings = settings_for(db_url)
     finished = job.backfill(settings, SINCE, UNTIL)
     assert finished.outcomes["repaired"] == 1
-    with connect(db_url) as conn:
-        conn.execute("INSERT INTO ttft_reconcile.runs (mode, status, window_since, window_until, heartbeat_at)"
-                     " VALUES ('backfill', 'running', '2026-03-10 12:00+00', '2026-03-12', now())")
-        conn.commit()
-        live = conn.execute("SELECT max(id) FROM ttft_reconcile.runs").fetchone()
-    assert live is not None
-    with pytest.raises(LaneHeld, match=f"run {live[0]} is still writing"):
+    live = _live_backfill_run(db_url, "2026-03-10 12:00+00", "2026-03-12")
+    with pytest.raises(LaneHeld, match=f"run {live} is still writing"):
         job.rollback(settings, run_id=finished.run_id)
     with connect(db_url) as conn:
         assert cst_of(conn, row.request_id) == row.start + ms(100)  # nothing undone
         # the live run's window moved past this one: no longer in the way
-        conn.execute("UPDATE ttft_reconcile.runs SET window_since = '2026-03-11' WHERE id = %s", live)
+        conn.execute("UPDATE ttft_reconcile.runs SET window_since = '2026-03-11' WHERE id = %s", (live,))
         conn.commit()
     undone = job.rollback(settings, run_id=finished.run_id)
     assert undone.outcomes["reverted"] == 1 and undone.message == f"rolled back run {finished.run_id}"
@@ -345,10 +348,7 @@ def test_a_correction_overwritten_since_is_changed_not_confirmed(db_url: str) ->
 
     from ttft_reconcile.explain import explain
 
-    with connect(db_url) as conn:
-        row = broken_stream(datetime(2026, 3, 10, 12, 30))
-        insert_spend(conn, [row])
-        insert_trace(conn, row.request_id, request_start=row.start, first_chunk=row.start + ms(100))
+    row = _one_broken_traced_row(db_url)
     settings = settings_for(db_url)
     assert job.backfill(settings, SINCE, UNTIL).outcomes["repaired"] == 1
     with connect(db_url) as conn:  # another writer puts the broken value back
