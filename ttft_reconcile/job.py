@@ -805,6 +805,10 @@ def _backfill_pool(
     if errors:
         rank = {2: 0, EXIT_INTERRUPTED: 1, EXIT_FAILED: 2, EXIT_LANE_HELD: 3}
         code, message = min(errors, key=lambda item: rank.get(item[0], 2))
+        if code == EXIT_INTERRUPTED:
+            # every interrupted worker says what it had committed (one may have had no batch yet)
+            message = "; ".join(sorted({m for c, m in errors if c == EXIT_INTERRUPTED},
+                                       key=lambda m: "before any batch" in m))
         raise _pool_error(code, message)
     tally = _Tally()
     for result in results:
