@@ -38,7 +38,8 @@ CLEAR_PENDING: Final = "DELETE FROM ttft_reconcile.rollup_pending WHERE day >= :
 # has not refreshed them for a while (it died). A day whose mark is locked is skipped: a refresh
 # under way holds it (and its result will hold every change: a batch that changes the day must
 # mark it, and waits for that refresh to commit), or a batch still open does (its job refreshes
-# the day after it commits). Waiting for either instead ran into --lock-timeout.
+# the day after it commits). Waiting here for every such day ran into --lock-timeout; the closing
+# refresh waits only for its own window's (PENDING_DAYS_WAIT) and warns when that times out.
 PENDING_DAYS: Final = """
 SELECT day FROM ttft_reconcile.rollup_pending
 WHERE (day >= CAST(:first_day AS date) AND day <= CAST(:last_day AS date))

@@ -17,6 +17,7 @@ from ttft_reconcile import migrate as migrations
 from ttft_reconcile.cli.options import (
     DURATION,
     database_options,
+    flag_instant,
     incremental_options,
     job_options,
     job_settings,
@@ -32,7 +33,6 @@ from ttft_reconcile.errors import EXIT_FAILED, EXIT_INTERRUPTED, ReconcileError,
 from ttft_reconcile.settings import JobSettings
 from ttft_reconcile.signals import StopFlag, graceful_signals
 from ttft_reconcile.summary import RunSummary
-from ttft_reconcile.timeparse import parse_instant
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,7 @@ def _with_progress(
 
 
 def _instant(value: str | None, flag: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_instant(value)
-    except UsageError as error:
-        raise UsageError(f"{flag}: {error}") from None
+    return None if value is None else flag_instant(value, flag)
 
 
 @click.command("run")

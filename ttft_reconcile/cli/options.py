@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -14,7 +14,7 @@ from ttft_reconcile.dburl import DatabaseUrl, DatabaseUrlError, parse_database_u
 from ttft_reconcile.errors import UsageError
 from ttft_reconcile.policies import DEFAULT_POLICY, POLICIES
 from ttft_reconcile.settings import DEFAULT_CALL_TYPES, KNOWN_CALL_TYPES, JobSettings, PublishSettings
-from ttft_reconcile.timeparse import parse_duration
+from ttft_reconcile.timeparse import parse_duration, parse_instant
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -189,3 +189,11 @@ def publish_settings(kwargs: dict[str, Any], database: DatabaseUrl) -> PublishSe
         deployment=kwargs.get("deployment") or database.database,
         delete_group_on_success=kwargs.get("delete_group_on_success", False),
     )
+
+
+def flag_instant(value: str, flag: str) -> datetime:
+    """`value` parsed as an instant (aware UTC); a usage error names the flag it came from."""
+    try:
+        return parse_instant(value)
+    except UsageError as error:
+        raise UsageError(f"{flag}: {error}") from None

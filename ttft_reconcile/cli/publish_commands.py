@@ -16,6 +16,7 @@ from ttft_reconcile import prune as prune_mod
 from ttft_reconcile.cli.options import (
     DURATION,
     database_options,
+    flag_instant,
     output_options,
     parse_call_types,
     parse_url,
@@ -29,25 +30,16 @@ from ttft_reconcile.errors import ReconcileError, UsageError
 from ttft_reconcile.policies import DEFAULT_POLICY, POLICIES
 from ttft_reconcile.report import build_report
 from ttft_reconcile.settings import DEFAULT_CALL_TYPES
-from ttft_reconcile.timeparse import parse_instant
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _flag_instant(value: str, flag: str) -> datetime:
-    """`value` parsed as an instant; an error names the flag it came from."""
-    try:
-        return parse_instant(value)
-    except UsageError as error:
-        raise UsageError(f"{flag}: {error}") from None
-
-
 def _window(since: str | None, until: str | None, default_days: int | None) -> tuple[datetime, datetime]:
-    end = _flag_instant(until, "--until") if until else _now()
+    end = flag_instant(until, "--until") if until else _now()
     if since:
-        start = _flag_instant(since, "--since")
+        start = flag_instant(since, "--since")
     elif default_days is not None:
         start = end - timedelta(days=default_days)
     else:
