@@ -141,7 +141,10 @@ def _measure_main(url: str, seeded: data.Seeded, args: argparse.Namespace, out: 
     out["profile_top"] = top
     out["profiled_backfill_seconds"] = summary.duration_seconds
     data.restore(url)
-    out["explain_small"] = [asdict(e) for e in measure.explain(url, captured)]
+    # one whole day inside the range (the backfill rebuilds every day's rollup)
+    whole_day = (seeded.since + timedelta(days=1)).date()
+    explained = [*measure.explain(url, captured), measure.explain_rollup(url, whole_day)]
+    out["explain_small"] = [asdict(e) for e in explained]
 
 
 def _run_last_hour_args(until: datetime) -> list[str]:
@@ -202,7 +205,9 @@ def _measure_big(url: str, until: datetime, out: dict[str, Any], samples: int) -
     data.restore(url)
     _say("(2) `run`, one-hour window, large table")
     out["run_big"], out["run_big_samples"] = _median_run(url, until, samples)
-    out["explain_big"] = [asdict(e) for e in measure.explain(url, captured)]
+    # today's rollup, which every `run` rebuilds
+    today = until.astimezone(timezone.utc).date() if until.tzinfo else until.date()
+    out["explain_big"] = [asdict(e) for e in (*measure.explain(url, captured), measure.explain_rollup(url, today))]
 
 
 def _seed(admin_url: str, name: str, wheel: Path, *, rows: int, metadata_bytes: int,

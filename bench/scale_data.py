@@ -20,7 +20,8 @@ from ttft_reconcile.synth import SynthResult, SynthSpec, write_synthetic
 REPO = Path(__file__).resolve().parent.parent
 OLD_EXTRAS = "0.4.56"  # the litellm-proxy-extras of LiteLLM 1.82.3's era: request ids are call ids
 CALL_TYPES = ("anthropic_messages", "aresponses", "pass_through_endpoint")
-JOB_TABLES = ("corrections", "runs", "checkpoints", "backfills", "backfill_slices", "leases", "ttft_daily")
+JOB_TABLES = ("corrections", "runs", "checkpoints", "backfills", "backfill_slices", "leases", "ttft_daily",
+              "batch_stage")
 
 
 def shares(broken: float, untraced: float) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Measurements for the scale benchmark: the job as users run it (the CLI in a child process, with
 its peak RSS from wait4), the one-statement DBA baseline, EXPLAIN of every statement the job
-sends to SpendLogs, and a profile of an in-process backfill."""
+sends to SpendLogs (and of the query the rollup function runs on it), and a profile of an
+in-process backfill."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -20,6 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from bench.scale_data import BASELINE_SQL
+from ttft_reconcile import dashboard_queries
+from ttft_reconcile.settings import DEFAULT_CALL_TYPES
 
 
 @dataclass(frozen=True)
@@ -167,15 +171,17 @@ class StatementTimes:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-# The rollup rebuilt behind a backfill's batches runs in this thread, at the same time as they do.
-BEHIND_THREAD = "ttft-rollup"
-BEHIND = " (behind the batches)"
+# Threads of a backfill beside the one that writes: the rollup rebuilt behind the batches, and the
+# next batch decided ahead of them. Their statements run at the same time as the writes.
+THREAD_SUFFIX = {"ttft-rollup": " (behind the batches)", "ttft-decide": " (ahead of the writes)"}
 
 
 def statement_kind(statement: str) -> str:
     """The cost bucket of one statement the job sends."""
     if statement.lstrip().startswith("WITH cand"):
-        return "batch statement (decide, UPDATE, audit)"
+        return "batch decide (read, join, decide, stage)"
+    if statement.lstrip().startswith("WITH staged"):
+        return "batch write (guarded UPDATE, audit)"
     if "INSERT INTO ttft_reconcile.ttft_daily" in statement:
         return "ttft_daily refresh"
     return "bookkeeping (runs, slices, limits)"
@@ -192,8 +198,7 @@ def time_statements() -> Iterator[StatementTimes]:
 
     def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         kind = statement_kind(statement)
-        if threading.current_thread().name == BEHIND_THREAD:
-            kind += BEHIND
+        kind += THREAD_SUFFIX.get(threading.current_thread().name, "")
         elapsed = time.monotonic() - started.pop(id(cursor), time.monotonic())
         times.seconds[kind] = times.seconds.get(kind, 0.0) + elapsed
         times.counts[kind] = times.counts.get(kind, 0) + 1
@@ -285,6 +290,32 @@ def explain(url: str, captured: Captured) -> list[Explained]:
                                      spend_logs_scans=scans, seq_scan=any(s.startswith("Seq Scan") for s in scans),
                                      plan=plan))
     return results
+
+
+ROLLUP_STATEMENT = "ttft_daily_rows(day, day + 1): the query it runs on SpendLogs (rollup of one UTC day)"
+
+
+def explain_rollup(url: str, day: date) -> Explained:
+    """EXPLAIN the query the rollup function runs on SpendLogs for one UTC day, planned as a
+    rebuild plans it (`ROLLUP_PLAN`): a statement the job sends names only the function."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT ttft_reconcile.spend_logs_ttft_sql('public')").fetchone()
+        assert row is not None
+        cursor = psycopg.ClientCursor(conn)  # simple protocol: $1..$4 are PREPARE's own parameters
+        cursor.execute(dashboard_queries.ROLLUP_PLAN)
+        cursor.execute(f"PREPARE rollup_day(timestamp, timestamp, text[], interval) AS {row[0]}")
+        cursor.execute(
+            "EXPLAIN (FORMAT JSON) EXECUTE rollup_day(%s::timestamp, %s::timestamp, %s::text[], %s::interval)",
+            (datetime.combine(day, datetime.min.time()), datetime.combine(day + timedelta(days=1), datetime.min.time()),
+             list(DEFAULT_CALL_TYPES), timedelta(milliseconds=5)))
+        found = cursor.fetchone()
+        conn.rollback()
+    assert found is not None
+    plan = found[0] if isinstance(found[0], list) else json.loads(found[0])
+    scans = [f"{node['Node Type']}" + (f" using {node['Index Name']}" if node.get("Index Name") else "")
+             for node in _walk(plan[0]["Plan"]) if node.get("Relation Name") == "LiteLLM_SpendLogs"]
+    return Explained(statement=ROLLUP_STATEMENT, executions=1, spend_logs_scans=scans,
+                     seq_scan=any(s.startswith("Seq Scan") for s in scans), plan=plan)
 
 
 def profile(action: Callable[[], Any], top: int = 45) -> tuple[Any, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.scale_measure import BEHIND
+from bench.scale_measure import THREAD_SUFFIX
 
 
 def _verdict(ok: bool | None) -> str:
@@ -41,9 +41,11 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         "backfill_vs_audited_write_floor": (
             _ratio(job_s, floor["update_seconds"] + floor["audit_insert_seconds"]) if floor else None),
         "profiled_statement_seconds": spent,
-        # (statements behind the batches, in another thread, overlap the rest: they are not subtracted)
+        # (statements of the other threads, behind or ahead of the writes, overlap the rest: they are
+        # not subtracted)
         "profiled_outside_statements_seconds": (
-            profiled - sum(v for k, v in spent.items() if not k.endswith(BEHIND))) if profiled and spent else None,
+            profiled - sum(v for k, v in spent.items() if not k.endswith(tuple(THREAD_SUFFIX.values())))
+        ) if profiled and spent else None,
         "backfill_seconds": job_s,
         "backfill_rows_per_second": rows / job_s if job_s else None,
         "backfill_repaired": w1["summary"].get("outcomes", {}).get("repaired"),

@@ -1,10 +1,11 @@
-"""The batch statement's plan stays linear in the batch size whatever the planner believes.
+"""The batch statements' plans stay linear in the batch size whatever the planner believes.
 
 Without statistics (a never-analyzed table after a bulk load or a restore, a fresh day
 partition of the traces) Postgres misjudges row counts; a larger LIMIT once made it sort a
 parallel sequential scan of SpendLogs instead of walking the keyset index. Under the batch's
 planner settings every table is read through an index (SpendLogs in keyset order, traces and
-corrections by start time, written rows by TID) and every join is a hash join.
+corrections by start time, staged rows by stage id, written rows by TID) and every join is a
+hash join.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _plan(db_url: str, *, write: bool, keyset: bool, policy: str = "first_chunk",
           limit: int = 5000) -> dict[str, Any]:
+    """The plan of the decide statement (staging its rows when `write`), or with `write` both
+    plans under one root: decide, then write."""
     engine = make_engine(parse_database_url(db_url))
     try:
         with engine.connect() as conn:
@@ -46,14 +49,17 @@ def _plan(db_url: str, *, write: bool, keyset: bool, policy: str = "first_chunk"
                 "after_start": BASE - timedelta(hours=1), "after_id": "",
                 **batch_sql.trace_window(BASE - timedelta(days=1), BASE + timedelta(days=1)),
             }
-            sql = batch_sql.batch_statement(shape, policy=policy, keyset=keyset, write=write)
+            sql = batch_sql.decide_statement(shape, policy=policy, keyset=keyset, stage=write)
             conn.execute(text(batch_sql.BATCH_PLAN_SETTINGS))
-            # EXPLAIN without ANALYZE plans the data-modifying statement without running it.
-            found = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()
+            # EXPLAIN without ANALYZE plans the data-modifying statements without running them.
+            plans = [conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()]
+            if write:
+                plans.append(conn.execute(text("EXPLAIN (FORMAT JSON) " + batch_sql.write_statement(shape)),
+                                          {"stage_id": 1, "run_id": 1, "policy": policy}).scalar())
     finally:
         engine.dispose()
-    document = json.loads(found) if isinstance(found, str) else found
-    return dict(document[0]["Plan"])
+    roots = [dict((json.loads(p) if isinstance(p, str) else p)[0]["Plan"]) for p in plans]
+    return roots[0] if len(roots) == 1 else {"Node Type": "(decide, write)", "Plans": roots}
 
 
 def _seed(db_url: str, rows: int) -> None:
@@ -84,10 +90,12 @@ def test_no_statistics_no_scan_and_no_nested_loop(db_url: str, write: bool) -> N
     assert analyzed == (0,), "the scenario needs a never-analyzed SpendLogs"
     for limit in (5000, 200_000):  # a large LIMIT once tipped the keyset scan into a sort of everything
         scans = _assert_linear(_plan(db_url, write=write, keyset=True, limit=limit))
-        # SpendLogs in keyset order (and by TID where written), traces by their start-time index
+        # SpendLogs in keyset order (and by TID where written), traces by their start-time index,
+        # staged rows by their stage id
         assert scans["LiteLLM_SpendLogs"] == ({"Index Scan", "Tid Scan"} if write else {"Index Scan"}), scans
         assert any(r.startswith("stream_traces") for r in scans), scans
         assert "corrections" in scans, scans
+        assert scans.get("batch_stage") == ({"Index Scan"} if write else None), scans
 
 
 @pytest.mark.parametrize("policy", POLICIES)

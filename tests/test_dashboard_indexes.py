@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from tests import services
 from tests.publish_data import UTC, connect
-from ttft_reconcile.dashboard import refresh_ttft_daily
+from ttft_reconcile.dashboard import refresh_day_range, refresh_ttft_daily
 
 ROWS = 300_000
 DAYS = 30
@@ -229,3 +229,41 @@ def test_a_fresh_audit_trail_never_nests_a_loop_in_the_dashboard_functions(db_ur
             plans = [p for p in _nested_plans(conn, call, window) if _spend_scans(p)]
             assert plans, call
             assert not [n for p in plans for n in _nodes(p) if n["Node Type"] == "Nested Loop"], (call, plans)
+
+
+def test_a_days_rebuild_reads_that_days_pages_on_a_short_table(db_url: str) -> None:
+    """On a table three days long a day is a third of it, and Postgres preferred a sequential scan
+    of the whole table for each day's rebuild (a backfill rebuilds every day: the table was read
+    once per day). Here a session whose costs make random reads look dear stands in for that
+    choice. The rebuild reads SpendLogs through the startTime index whatever the planner prefers."""
+    day = datetime(2026, 10, 10)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            'INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, "startTime", "endTime", "completionStartTime",'
+            " model_group, metadata)"
+            " SELECT 'r' || i, 'anthropic_messages', ts, ts + interval '2 s', ts + interval '300 ms', 'g' || i %% 5,"
+            " jsonb_build_object('pad', repeat('x', 200))"
+            " FROM generate_series(1, 30000) i, LATERAL (SELECT %s + i * interval '8640 ms' AS ts) t",
+            (day - timedelta(days=1),))
+        conn.execute('ANALYZE "LiteLLM_SpendLogs"')
+    with connect(db_url) as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        notices: list[str] = []
+        try:
+            raw.execute("LOAD 'auto_explain'")
+        except psycopg.Error:
+            services.missing("auto_explain on the Postgres server (contrib)")
+        raw.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice",
+                        "log_format = json"):
+            raw.execute(f"SET auto_explain.{setting}")
+        raw.execute("SET random_page_cost = 100")  # an index costs more than reading everything
+        written = refresh_day_range(conn, day.date(), day.date())
+        assert written == 5  # one row per model group
+        plans = [json.loads(n[n.index("{"):])["Plan"] for n in notices if "{" in n]
+        scans = [scan for p in plans for scan in _spend_scans(p)]
+        assert scans, notices[:3]
+        assert {scan["Node Type"] for scan in scans} <= {"Bitmap Heap Scan", "Index Scan"}, scans
+        # and the session's own settings are back for the rest of the transaction
+        assert conn.execute(text("SHOW enable_seqscan")).scalar() == "on"

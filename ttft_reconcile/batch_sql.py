@@ -1,9 +1,13 @@
-"""The job's batch statement: scan, join, decide and write one keyset batch in one round trip.
+"""The job's batch statements: one decides a keyset batch (scan, join, decide), one writes it.
 
 This is the set-based twin of `classify.classify_batch` (the readable reference, which `explain`
 uses); a test runs both over the same generated batches and requires the same outcome, new value
 and evidence for every row. Instants: SpendLogs columns are naive UTC, trace columns timestamptz
 (read `AT TIME ZONE 'UTC'`); new values are cast to timestamp(3), i.e. rounded as Postgres rounds.
+
+The decide statement hands its repaired rows to the write statement through `batch_stage`, so the two
+may run in one transaction (`run`) or on two connections, a backfill deciding the next batch
+while the last one is written (`pipeline.DecideAhead`). The write's guard makes the gap safe.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ def _candidates(shape: SpendLogsShape, *, keyset: bool) -> str:
     row_rel = ", tableoid AS row_rel" if shape.partitioned else ""
     after = ' AND ("startTime", request_id) > (:after_start, :after_id)' if keyset else ""
     return (
-        f' SELECT ctid AS row_ctid{row_rel}, request_id, call_type, "startTime" AS start_time,'
+        f' SELECT ctid AS row_ctid, xmin AS row_xmin{row_rel}, request_id, call_type, "startTime" AS start_time,'
         ' "endTime" AS end_time, "completionStartTime" AS old_cst, model_group,'
         f" {call_id} AS col_id, {_NON_STREAMING} AS non_streaming"
         f" FROM {shape.qualified}"
@@ -175,7 +179,7 @@ def _decided_sql(shape: SpendLogsShape, *, policy: str, keyset: bool) -> str:
         " h.litellm_call_id"
         "), joined AS ("
         # Which call each strategy points at, the chosen stream and the new value it gives.
-        " SELECT c.row_ctid" + (", c.row_rel" if shape.partitioned else "") + ","
+        " SELECT c.row_ctid, c.row_xmin" + (", c.row_rel" if shape.partitioned else "") + ","
         " c.request_id, c.start_time, c.end_time, c.old_cst, c.call_type, c.non_streaming, c.model_group,"
         " req.litellm_call_id AS j_req,"
         + (f" {j_col} AS j_col," if shape.has_litellm_call_id else " NULL::text AS j_col,")
@@ -232,68 +236,113 @@ def _chosen_stream(row: str) -> str:
     return f" JOIN best b ON b.strategy = {row}.pick AND b.rid = {row}.request_id AND b.rst = {row}.start_time"
 
 
-def _tally_sql(written: str) -> str:
-    """The batch's one result row, from one pass over `decided`: candidates, outcome counts, rows
-    audited (`written`), the last candidate's keyset position and its candidates' UTC days."""
+# What the writer needs of a repaired row, staged in `batch_stage` (its column <- the value):
+# where the row was read and which version, its guard values, the new value and the audit row's
+# evidence (the corrections columns of the chosen stream).
+_STAGED_ROW = (
+    ("row_ctid", "d.row_ctid"), ("row_xmin", "d.row_xmin"), ("request_id", "d.request_id"),
+    ("start_time", "d.start_time"), ("old_cst", "d.old_cst"), ("new_cst", "d.new_cst"),
+    ("call_type", "d.call_type"), ("model_group", "d.model_group"),
+    ("j_req", "d.j_req"), ("j_col", "d.j_col"), ("j_resp", "d.j_resp"),
+    ("litellm_call_id", "b.litellm_call_id"), ("stream_seq", "b.stream_seq"),
+    *((column, f"b.{source}") for column, source in _EVIDENCE_COLUMNS),
+)
+
+
+def _tally_sql(shape: SpendLogsShape, *, stage: bool) -> str:
+    """The batch's one result row, from `decided`: candidates, outcome counts, the last candidate's
+    keyset position, its candidates' UTC days and, when `stage`, the stage id its repaired rows
+    were put in `batch_stage` under (NULL otherwise)."""
     counts = ", ".join(f"'{name}', count(*) FILTER (WHERE d.outcome = '{name}')" for name in oc.OUTCOMES)
-    return (
-        f" SELECT count(*) AS scanned, jsonb_build_object({counts}) AS outcomes, {written} AS written,"
+    stage_id = "NULL::bigint"
+    staging = ""
+    if stage:
+        rows = (*_STAGED_ROW, ("row_rel", "d.row_rel")) if shape.partitioned else _STAGED_ROW
+        staging = (
+            f", stage AS MATERIALIZED (SELECT nextval('{S}.batch_stage_id') AS id)"
+            f", staged AS (INSERT INTO {S}.batch_stage (stage_id, " + ", ".join(c for c, _ in rows) + ")"
+            " SELECT (SELECT id FROM stage), " + ", ".join(v for _, v in rows)
+            + " FROM decided d" + _chosen_stream("d") + f" WHERE d.outcome = '{oc.REPAIRED}')"
+        )
+        stage_id = "(SELECT id FROM stage)"
+    return staging + (
+        f" SELECT count(*) AS scanned, jsonb_build_object({counts}) AS outcomes,"
         " max(d.start_time) AS last_start,"
         " max(d.request_id) FILTER (WHERE d.start_time = (SELECT last_start FROM span)) AS last_id,"
-        " array_agg(DISTINCT d.start_time::date) AS days"
+        f" array_agg(DISTINCT d.start_time::date) AS days, {stage_id} AS stage_id"
         " FROM decided d"
     )
 
 
-def batch_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, write: bool) -> str:
-    """The text of one batch: decide every candidate and, when `write`, the guarded UPDATE and audit.
+def decide_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, stage: bool) -> str:
+    """The text of one batch's decision: read the next candidates, join their traces, decide each
+    and, when `stage`, put the repaired rows in `batch_stage` for `write_statement`.
 
-    Parameters: since, until, call_types, tolerance_ms, limit, hold_rolled_back, run_id, policy,
-    trace_lo/trace_hi (`trace_window`), and after_start/after_id when `keyset`. One row:
-    (scanned, outcomes as {outcome: count}, written, last_start, last_id, days). Run it under
-    BATCH_PLAN_SETTINGS (`reconcile_batch` does).
+    Parameters: since, until, call_types, tolerance_ms, limit, hold_rolled_back, trace_lo/trace_hi
+    (`trace_window`), and after_start/after_id when `keyset`. One row: (scanned, outcomes as
+    {outcome: count}, last_start, last_id, days, stage_id). It writes nothing else. Run it under
+    BATCH_PLAN_SETTINGS (`decide_batch` does).
     """
     if policy not in POLICY_COLUMNS:
         raise ValueError(f"unknown policy {policy!r}")
-    sql = _decided_sql(shape, policy=policy, keyset=keyset)
-    if not write:
-        return sql + _tally_sql("0")
+    return _decided_sql(shape, policy=policy, keyset=keyset) + _tally_sql(shape, stage=stage)
+
+
+def write_statement(shape: SpendLogsShape) -> str:
+    """The text of one batch's write: take the rows a decide statement staged (deleting them), apply
+    the guarded UPDATE and insert their audit rows. Parameters: stage_id, run_id, policy. One row:
+    the rows written.
+
+    Each row is reached at the physical address it was read from (a TID scan: no index probe, no
+    join into the table) and written only if that address still holds the very version that was
+    read (same xmin, request id, startTime and completionStartTime). A row updated in between has
+    moved on: the guard holds, nothing is written to it, and it counts as `changed`.
+    """
     touch = ", updated_at = CURRENT_TIMESTAMP" if shape.has_updated_at else ""
-    # A TID is unique only within one partition of a partitioned SpendLogs; there the batch's
+    # A TID is unique only within one partition of a partitioned SpendLogs; there the staged rows'
     # span also prunes the partitions the TIDs are looked up in.
     same_partition = (' AND s.tableoid = d.row_rel AND s."startTime" >= (SELECT first_start FROM span)'
                       ' AND s."startTime" <= (SELECT last_start FROM span)') if shape.partitioned else ""
-    evidence_columns = ", ".join(column for column, _ in _EVIDENCE_COLUMNS)
-    evidence_values = ", ".join(f"b.{column}" for _, column in _EVIDENCE_COLUMNS)
-    # The UPDATE returns the decided rows it wrote, so the audit INSERT reads them directly.
-    return sql + (
+    evidence = ", ".join(column for column, _ in _EVIDENCE_COLUMNS)
+    return (
+        f"WITH staged AS (DELETE FROM {S}.batch_stage WHERE stage_id = :stage_id RETURNING *)"
+        ", span AS MATERIALIZED (SELECT min(start_time) AS first_start, max(start_time) AS last_start FROM staged)"
         ", updated AS ("
         f' UPDATE {shape.qualified} AS s SET "completionStartTime" = d.new_cst{touch}'
-        # The rows are reached at the physical address the scan read them from (a TID scan: no
-        # index probe, no join into the table). A row updated since then has moved on and no
-        # longer matches: the guard holds and the row counts as `changed`.
-        f" FROM decided d WHERE s.ctid = ANY (ARRAY(SELECT x.row_ctid FROM decided x"
-        f" WHERE x.outcome = '{oc.REPAIRED}'))"
-        f" AND d.outcome = '{oc.REPAIRED}' AND s.ctid = d.row_ctid{same_partition}"
+        " FROM staged d WHERE s.ctid = ANY (ARRAY(SELECT x.row_ctid FROM staged x))"
+        f" AND s.ctid = d.row_ctid{same_partition} AND s.xmin = d.row_xmin"
         ' AND s.request_id = d.request_id AND s."startTime" = d.start_time'
         ' AND s."completionStartTime" IS NOT DISTINCT FROM d.old_cst'
-        # what the audit row needs of it
-        " RETURNING d.request_id, d.start_time, d.old_cst, d.new_cst, d.call_type, d.model_group, d.pick,"
-        " d.j_req, d.j_col, d.j_resp"
+        " RETURNING d.*"
         "), audited AS ("
         f" INSERT INTO {S}.corrections (request_id, start_time, run_id, policy, old_completion_start_time,"
         " new_completion_start_time, ttft_ms, litellm_call_id, stream_seq, call_type, model_group, joined_by,"
-        f" {evidence_columns})"
+        f" {evidence})"
         f" SELECT u.request_id, u.start_time, :run_id, :policy, u.old_cst, u.new_cst,"
-        f" {_ms('u.new_cst', 'u.start_time')}, b.litellm_call_id, b.stream_seq, u.call_type, u.model_group,"
-        f" {_joined_by('u')}, {evidence_values}"
-        " FROM updated u" + _chosen_stream("u")
-        + " RETURNING 1"
-        ")"
-    ) + _tally_sql("(SELECT count(*) FROM audited)")
+        f" {_ms('u.new_cst', 'u.start_time')}, u.litellm_call_id, u.stream_seq, u.call_type, u.model_group,"
+        f" {_joined_by('u')}, " + ", ".join(f"u.{column}" for column, _ in _EVIDENCE_COLUMNS)
+        + " FROM updated u RETURNING 1"
+        ") SELECT count(*) FROM audited"
+    )
 
 
-def reconcile_batch(
+@dataclass(frozen=True)
+class DecidedBatch:
+    """One batch decided and not yet written: its candidates, outcomes, keyset end and UTC days (as
+    `BatchResult`), and the stage id of its repaired rows in `batch_stage` (None when not staged)."""
+
+    scanned: int
+    outcomes: dict[str, int]
+    last: Position | None
+    days: frozenset[date]
+    stage_id: int | None
+
+    @property
+    def repaired(self) -> int:
+        return self.outcomes.get(oc.REPAIRED, 0)
+
+
+def decide_batch(
     conn: Connection,
     shape: SpendLogsShape,
     *,
@@ -305,15 +354,12 @@ def reconcile_batch(
     limit: int,
     policy: str,
     hold_rolled_back: bool,
-    run_id: int,
-    write: bool,
-) -> BatchResult:
-    """Scan the next `limit` candidates of [since, until) (naive UTC) after `after`, decide each,
-    and (when `write`) apply the guarded UPDATE and its audit rows, all in one statement.
-
-    A `repaired` row the guard refused (its value changed since it was read) counts as `changed`.
-    """
-    sql = batch_statement(shape, policy=policy, keyset=after is not None, write=write)
+    stage: bool,
+) -> DecidedBatch:
+    """Read the next `limit` candidates of [since, until) (naive UTC) after `after` and decide each.
+    With `stage`, the repaired rows are put in `batch_stage` for `write_batch` (visible to other
+    sessions once this transaction commits); nothing else is written."""
+    sql = decide_statement(shape, policy=policy, keyset=after is not None, stage=stage)
     params: dict[str, Any] = {
         "since": since,
         "until": until,
@@ -322,24 +368,54 @@ def reconcile_batch(
         "tolerance_ms": tolerance_ms,
         "limit": limit,
         "hold_rolled_back": hold_rolled_back,
-        "run_id": run_id,
-        "policy": policy,
     }
     if after is not None:
         params["after_start"] = after.start_time
         params["after_id"] = after.request_id
     conn.execute(text(BATCH_PLAN_SETTINGS))
-    scanned, outcomes, written, last_start, last_id, days = conn.execute(text(sql), params).one()
+    scanned, outcomes, last_start, last_id, days, stage_id = conn.execute(text(sql), params).one()
     conn.execute(text(PLANNER_DEFAULTS))
     found = {str(k): int(v) for k, v in (outcomes or {}).items() if v}
-    if write:
-        # Every audit row is a repaired row the guarded UPDATE wrote; the rest changed under us.
-        missed = found.get(oc.REPAIRED, 0) - int(written)
-        if missed:
-            found[oc.REPAIRED] -= missed
-            found[oc.CHANGED] = found.get(oc.CHANGED, 0) + missed
     last = Position(last_start, str(last_id)) if scanned else None
-    return BatchResult(int(scanned), found, last, frozenset(days or ()))
+    return DecidedBatch(int(scanned), found, last, frozenset(days or ()), None if stage_id is None else int(stage_id))
+
+
+def write_batch(conn: Connection, shape: SpendLogsShape, batch: DecidedBatch, *, run_id: int,
+                policy: str) -> BatchResult:
+    """Apply a staged batch's guarded UPDATE and audit rows; a `repaired` row the guard refused (it
+    changed since it was read) counts as `changed` in the result."""
+    if batch.stage_id is None:
+        raise ValueError("the batch was decided without staging its repaired rows")
+    conn.execute(text(BATCH_PLAN_SETTINGS))
+    written = int(conn.execute(text(write_statement(shape)),
+                               {"stage_id": batch.stage_id, "run_id": run_id, "policy": policy}).scalar_one())
+    conn.execute(text(PLANNER_DEFAULTS))
+    found = dict(batch.outcomes)
+    # Every audit row is a repaired row the guarded UPDATE wrote; the rest changed under us.
+    missed = batch.repaired - written
+    if missed:
+        found[oc.REPAIRED] -= missed
+        found[oc.CHANGED] = found.get(oc.CHANGED, 0) + missed
+    return BatchResult(batch.scanned, found, batch.last, batch.days)
+
+
+def dry_result(batch: DecidedBatch) -> BatchResult:
+    """A decided batch's result as a dry run reports it (nothing written)."""
+    return BatchResult(batch.scanned, dict(batch.outcomes), batch.last, batch.days)
+
+
+def drop_staged(conn: Connection, stage_ids: list[int]) -> int:
+    """Delete staged rows of batches that will not be written (the command stopped); returns rows."""
+    if not stage_ids:
+        return 0
+    return conn.execute(text(f"DELETE FROM {S}.batch_stage WHERE stage_id = ANY(:ids)"),
+                        {"ids": stage_ids}).rowcount or 0
+
+
+def drop_stale_staged(conn: Connection, older_than_s: float) -> int:
+    """Delete staged rows older than `older_than_s` seconds (left by a killed command); returns rows."""
+    return conn.execute(text(f"DELETE FROM {S}.batch_stage WHERE staged_at < now() - make_interval(secs => :age)"),
+                        {"age": older_than_s}).rowcount or 0
 
 
 def evidence_sql(row: str, chosen: str) -> str:

@@ -59,11 +59,15 @@ def day_ranges(days: Iterable[date], max_days: int = MAX_DAYS_PER_REFRESH) -> li
 
 def refresh_day_range(conn: Connection, first: date, last: date) -> int:
     """Rebuild `ttft_daily` for the UTC days [first, last], read and aggregated by one statement
-    (`ttft_daily_rows`); returns the number of rows written. Clears their pending marks first."""
+    (`ttft_daily_rows`, planned as ROLLUP_PLAN says); returns the number of rows written. Clears
+    their pending marks first."""
     conn.execute(text(q.CLEAR_PENDING), {"first_day": first, "last_day": last})
     conn.execute(text(q.LOCK_DAILY))
     conn.execute(text(q.DELETE_DAILY), {"first_day": first, "last_day": last})
-    return conn.execute(text(q.INSERT_DAILY), {"first_day": first, "last_day": last}).rowcount or 0
+    conn.execute(text(q.ROLLUP_PLAN))
+    written = conn.execute(text(q.INSERT_DAILY), {"first_day": first, "last_day": last}).rowcount or 0
+    conn.execute(text(q.ROLLUP_PLAN_RESET))
+    return written
 
 
 def mark_pending(conn: Connection, days: Iterable[date]) -> None:

@@ -26,6 +26,15 @@ SELECT_SETTINGS: Final = "SELECT key, value FROM ttft_reconcile.settings"
 
 # Concurrent refreshes (backfill workers, a run next to a backfill) take turns: without this,
 # two DELETE + INSERT of the same day collide on the primary key.
+# How a rebuild of at most MAX_DAYS_PER_REFRESH days reads SpendLogs: through the startTime index
+# (a bitmap heap scan of the days' pages), never by a sequential scan. On a table a few days
+# long Postgres preferred reading all of it for each day; a table months long must cost a day's
+# pages, whatever the statistics say. The percentiles' sort stays in memory. ROLLUP_PLAN_RESET
+# restores the session's values for the rest of the transaction.
+_ROLLUP_PLANNER = {"enable_seqscan": "off", "work_mem": "64MB"}
+ROLLUP_PLAN: Final = "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in _ROLLUP_PLANNER.items())
+ROLLUP_PLAN_RESET: Final = ("SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ("
+                            + ", ".join(f"'{k}'" for k in _ROLLUP_PLANNER) + ")")
 LOCK_DAILY: Final = "SELECT pg_advisory_xact_lock(hashtextextended('ttft_reconcile.ttft_daily', 0))"
 # Days a batch changed wait here until a refresh rebuilt them. The refresh clears its days
 # first: a batch marking one of them meanwhile waits for the refresh to commit, and marks it anew.

@@ -91,7 +91,7 @@ def make_engine(url: DatabaseUrl, *, connect_timeout_s: int = DEFAULT_CONNECT_TI
     connect_args: dict[str, object] = {"prepare_threshold": None}
     if not connection_parameters(url).get("connect_timeout"):
         connect_args["connect_timeout"] = connect_timeout_s
-    return create_engine(url.sqlalchemy, poolclass=QueuePool, pool_size=2, max_overflow=4, pool_pre_ping=True,
+    return create_engine(url.sqlalchemy, poolclass=QueuePool, pool_size=4, max_overflow=4, pool_pre_ping=True,
                          connect_args=connect_args)
 
 

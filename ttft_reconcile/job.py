@@ -45,6 +45,7 @@ from ttft_reconcile.errors import (
 )
 from ttft_reconcile.lanes import LaneLock, hold_lane, resolve_mode
 from ttft_reconcile.migrate import migration_state
+from ttft_reconcile.pipeline import DecideAhead
 from ttft_reconcile.queries import Position
 from ttft_reconcile.rollup import BackgroundRefresh
 from ttft_reconcile.settings import JobSettings
@@ -296,8 +297,41 @@ def _reconcile_range(
     on_commit: CommitHook | None,
     keepalive: KeepAlive | None = None,
     slices: tuple[int, int] = (0, 0),
+    ahead: bool = False,
 ) -> bool:
-    """Walk [since, until) (naive UTC) in keyset batches; returns False when stopped by a signal."""
+    """Walk [since, until) (naive UTC) in keyset batches; returns False when stopped by a signal.
+
+    With `ahead` (a backfill that writes), the next batch is decided on a second connection while
+    this one is written (`pipeline.DecideAhead`); otherwise each batch is decided and written in
+    its own transaction."""
+    settings = ctx.settings
+    decide = {"call_types": settings.call_types, "tolerance_ms": settings.tolerance_ms,
+              "policy": settings.policy, "hold_rolled_back": ctx.mode == "run"}  # `run` never undoes a rollback
+    decider = None
+    if ahead and not settings.dry_run:
+        decider = DecideAhead(ctx.engine, settings.limits, ctx.shape, ctx.stop, since=since, until=until,
+                              after=after, limit=settings.batch_size, **decide)
+    try:
+        return _walk_batches(ctx, tally, decider, decide, since=since, until=until, after=after,
+                             on_commit=on_commit, keepalive=keepalive, slices=slices)
+    finally:
+        if decider is not None:
+            decider.close()
+
+
+def _walk_batches(
+    ctx: _Context,
+    tally: _Tally,
+    decider: DecideAhead | None,
+    decide: dict[str, Any],
+    *,
+    since: datetime,
+    until: datetime,
+    after: Position | None,
+    on_commit: CommitHook | None,
+    keepalive: KeepAlive | None,
+    slices: tuple[int, int],
+) -> bool:
     settings, shape = ctx.settings, ctx.shape
     position = after
     while True:
@@ -306,34 +340,28 @@ def _reconcile_range(
         started = time.monotonic()
         if ctx.lock is not None:
             ctx.lock.check()
+        decided = decider.take() if decider is not None else None
+        if decider is not None and decided is None:
+            return False  # stopped while the batch was being decided
         ctx.stop.in_batch = True
         with transaction(ctx.engine, settings.limits) as conn:
             if ctx.lock is not None:
                 ctx.lock.renew(conn)
-            # The cron `run` never undoes a rollback; an explicit backfill may re-apply.
-            batch = batch_sql.reconcile_batch(
-                conn,
-                shape,
-                since=since,
-                until=until,
-                after=position,
-                call_types=settings.call_types,
-                tolerance_ms=settings.tolerance_ms,
-                limit=settings.batch_size,
-                policy=settings.policy,
-                hold_rolled_back=ctx.mode == "run",
-                run_id=ctx.run_id,
-                write=not settings.dry_run,
-            )
-            if batch.last is None:
+            if decided is None:
+                decided = batch_sql.decide_batch(conn, shape, since=since, until=until, after=position,
+                                                 limit=settings.batch_size, stage=not settings.dry_run, **decide)
+            if decided.last is None:
                 ctx.stop.in_batch = False
                 return True
-            if not settings.dry_run:
+            if settings.dry_run:
+                batch = batch_sql.dry_result(decided)
+            else:
+                batch = batch_sql.write_batch(conn, shape, decided, run_id=ctx.run_id, policy=settings.policy)
                 dashboard.mark_pending(conn, batch.days)
             scanned = batch.scanned
             counts = batch.counts()
             queries.add_run_counts(conn, ctx.run_id, scanned, counts)
-            position = batch.last
+            position = decided.last
             if on_commit is not None and not settings.dry_run:
                 on_commit(conn, position, scanned)
         ctx.stop.in_batch = False
@@ -650,6 +678,7 @@ def _backfill_worker(
                     finished = _reconcile_range(
                         ctx, tally, since=to_naive_utc(piece.since), until=to_naive_utc(piece.until),
                         after=piece.position, on_commit=on_commit, keepalive=keepalive, slices=(done, total_now),
+                        ahead=True,
                     )
                 except (ReconcileError, sa_exc.SQLAlchemyError, KeyboardInterrupt):
                     _release(engine, settings, piece)
