@@ -292,3 +292,10 @@ def test_migrate_notes_when_litellm_tables_are_not_where_the_url_says(db_url: st
     assert elsewhere.exit_code == 0, elsewhere.output  # our schema is installed all the same
     assert 'note: table "LiteLLM_SpendLogs" not found in schema "litellm"' in elsewhere.output
     assert "?schema=public" in elsewhere.output
+
+
+def test_migrate_flags_that_need_another_are_refused_before_anything_runs(db_url: str) -> None:
+    for args, needs in ((["--force"], "--force goes with --downgrade-to-base"),
+                        (["--from-revision", "0002"], "--from-revision goes with --sql")):
+        result = invoke("migrate", *args, "--database-url", db_url)
+        assert result.exit_code == 2 and needs in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -10,8 +11,11 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from tests.publish_data import UTC, connect, correct, run_row, spend_log, trace
+from ttft_reconcile import job
 from ttft_reconcile.cli import cli
+from ttft_reconcile.dburl import parse_database_url
 from ttft_reconcile.explain import JOIN_CALL_ID, JOIN_RESPONSE_ID, JOIN_SPEND_CALL_ID, explain
+from ttft_reconcile.settings import JobSettings
 
 START = datetime(2026, 11, 10, 12, tzinfo=UTC)
 
@@ -121,3 +125,26 @@ def test_cli_unknown_request_id_exits_1(db_url: str) -> None:
     result = CliRunner().invoke(cli, ["explain", "no-such-request", "--database-url", db_url])
     assert result.exit_code == 1
     assert "no SpendLogs row with request_id 'no-such-request'" in result.output
+
+
+def test_a_rolled_back_row_is_left_to_a_backfill(db_url: str) -> None:
+    with connect(db_url) as conn:
+        spend_log(conn, "undone", START, ttft_ms=None)
+        trace(conn, "undone", START, first_chunk_ms=420)
+    settings = JobSettings(database=parse_database_url(db_url))
+    window = (START - timedelta(hours=1), START + timedelta(hours=1))
+    summary = job.backfill(settings, *window)
+    assert summary.outcomes.get("repaired") == 1
+    with connect(db_url) as conn:
+        assert explain(conn, "undone").verdict == "reconciled"
+    job.rollback(settings, run_id=summary.run_id)
+    with connect(db_url) as conn:
+        result = explain(conn, "undone")
+    assert result.verdict == "rolled_back"
+    assert "rolled back by run" in result.reason and "TTFT 420 ms" in result.reason
+    # what it says is what the job does: `run` over the row holds it, a backfill re-applies it
+    held = job.run_incremental(replace(settings, initial_window=timedelta(hours=2), settle=timedelta(0)),
+                               now=START + timedelta(hours=1))
+    assert held.outcomes.get("changed") == 1 and not held.outcomes.get("repaired")
+    again = job.backfill(settings, *window, restart=True)
+    assert again.outcomes.get("repaired") == 1

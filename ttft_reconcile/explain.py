@@ -26,6 +26,7 @@ from ttft_reconcile.timeparse import to_aware_utc
 JOIN_CALL_ID = "request_id = stream_traces.litellm_call_id"
 JOIN_SPEND_CALL_ID = "SpendLogs.litellm_call_id = stream_traces.litellm_call_id"
 JOIN_RESPONSE_ID = "request_id = stream_traces.response_id"
+ROLLED_BACK = "rolled_back"  # verdict: repairable, but a rollback undid our correction and `run` respects it
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,15 @@ def _verdict(
         return oc.NO_TRACE, why, None
     if decision.outcome == oc.REPAIRED and decision.repair is not None:
         repair = decision.repair
-        return ("repairable", f"the next run sets completionStartTime to {repair.new.isoformat()} "
-                f"(TTFT {repair.ttft_ms:.0f} ms, {policy})", chosen)
+        undone = next((c for c in corrections if c.status == "reverted"), None)
+        if undone is not None:
+            # `run` never re-applies a rolled-back correction; a backfill over the row's day does.
+            return (ROLLED_BACK, f"run {undone.run_id}'s correction was rolled back by run {undone.reverted_by_run}:"
+                    " `run` leaves the row alone; a backfill over its day (`backfill --restart` if that window"
+                    f" was backfilled before) sets completionStartTime to {repair.new.isoformat()}"
+                    f" (TTFT {repair.ttft_ms:.0f} ms, {policy})", chosen)
+        return ("repairable", f"a run whose window holds startTime, or a backfill, sets completionStartTime to"
+                f" {repair.new.isoformat()} (TTFT {repair.ttft_ms:.0f} ms, {policy})", chosen)
     return decision.outcome, decision.reason, chosen
 
 

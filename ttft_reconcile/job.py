@@ -69,6 +69,9 @@ REFRESH_TIMEOUT = timedelta(minutes=10)
 # is refreshed by whichever job runs next.
 PENDING_STALE = timedelta(minutes=10)
 HELD_SLICE_POLL = timedelta(seconds=1)
+HELD_SLICE_WARN = timedelta(seconds=30)  # a wait for other workers' slices this long is logged
+# Whether the workers of `backfill --workers N` (N > 1) decide ahead (JobSettings.decide_ahead).
+DECIDE_AHEAD_IN_POOL = False
 
 
 @dataclass(frozen=True)
@@ -642,6 +645,7 @@ def _backfill_worker(
         def walk_slices(tally: _Tally, refresher: BackgroundRefresh | None) -> RunSummary:
             started = _now()
             waiting_logged = False
+            waiting_since: datetime | None = None
             while not stop.requested:
                 with transaction(engine, settings.limits) as conn:
                     piece = queries.claim_slice(
@@ -654,15 +658,21 @@ def _backfill_worker(
                     break
                 if piece is None:
                     # Other workers hold the rest: wait until they finish it, or until a dead
-                    # worker's lease lapses and we can take its slice over.
-                    if not waiting_logged:
-                        log.warning("%d slice(s) of this backfill (backfill id %d) are held by other"
-                                    " workers, this command's or another's; waiting for them (a silent"
+                    # worker's lease lapses and we can take its slice over. Sibling workers of one
+                    # command meet this at every run's end: a warning only when the wait is long.
+                    if waiting_since is None:
+                        waiting_since = _now()
+                        log.info("%d slice(s) of this backfill (backfill id %d) are held by other workers;"
+                                 " waiting for them", total_now - done, backfill_id)
+                    if not waiting_logged and _now() - waiting_since >= HELD_SLICE_WARN:
+                        log.warning("%d slice(s) of this backfill (backfill id %d) have been held by other"
+                                    " workers, this command's or another's, for %s; waiting for them (a silent"
                                     " worker's slice is reclaimed after %s)", total_now - done,
-                                    backfill_id, settings.slice_lease)
+                                    backfill_id, HELD_SLICE_WARN, settings.slice_lease)
                         waiting_logged = True
                     _pause(stop, min(HELD_SLICE_POLL, settings.slice_lease))
                     continue
+                waiting_since = None
                 log.info("slice %d of backfill id %d: %s .. %s", piece.slice_no, backfill_id,
                          piece.since.isoformat(), piece.until.isoformat())
 
@@ -678,7 +688,7 @@ def _backfill_worker(
                     finished = _reconcile_range(
                         ctx, tally, since=to_naive_utc(piece.since), until=to_naive_utc(piece.until),
                         after=piece.position, on_commit=on_commit, keepalive=keepalive, slices=(done, total_now),
-                        ahead=True,
+                        ahead=settings.decide_ahead,
                     )
                 except (ReconcileError, sa_exc.SQLAlchemyError, KeyboardInterrupt):
                     _release(engine, settings, piece)
@@ -790,8 +800,9 @@ def _backfill_pool(
     base = settings.worker
     procs = [
         context.Process(target=_pool_entry, name=f"{base}/w{index}",
-                        args=(reports, index, replace(settings, worker=f"{base}/w{index}"), since, until,
-                              restart and index == 0))
+                        args=(reports, index,
+                              replace(settings, worker=f"{base}/w{index}", decide_ahead=DECIDE_AHEAD_IN_POOL),
+                              since, until, restart and index == 0))
         for index in range(workers)
     ]
     for proc in procs:

@@ -1,6 +1,6 @@
 """`report --plot FILE.png`: TTFT histogram before vs after, and rows per UTC day by source.
 
-matplotlib is the optional extra `plot` (`pip install 'ttft-reconcile[plot]'`); it is imported
+matplotlib is the optional extra `plot` (`pip install '.[plot]' from the checkout`); it is imported
 only here, with the non-interactive Agg backend.
 """
 
@@ -48,7 +48,7 @@ def render(report: Report, path: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'ttft-reconcile[plot]'") from None
+        raise UsageError("--plot needs matplotlib: pip install '.[plot]' from the checkout") from None
 
     hist = report.histogram
     daily = daily_sources(report)

@@ -56,6 +56,10 @@ class JobSettings:
     slice_lease: timedelta = timedelta(minutes=5)
     worker: str = field(default_factory=default_worker_name)
     progress: bool = False
+    # A backfill decides its next batch on another connection while the last one is written
+    # (`pipeline.DecideAhead`); the workers of `--workers N` do not, N of them already keep the
+    # database's cores busy.
+    decide_ahead: bool = True
 
     @property
     def litellm_schema(self) -> str:

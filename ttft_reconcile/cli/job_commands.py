@@ -61,6 +61,8 @@ def migrate_command(as_sql: bool, from_revision: str | None, downgrade_to_base: 
     def action() -> None:
         if from_revision is not None and not as_sql:
             raise UsageError("--from-revision goes with --sql")
+        if force and not downgrade_to_base:
+            raise UsageError("--force goes with --downgrade-to-base")
         if as_sql:
             click.echo(migrations.offline_sql(from_revision=from_revision), nl=False)
             return

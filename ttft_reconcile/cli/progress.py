@@ -85,5 +85,5 @@ class ProgressPrinter:
         return (
             f"{head}{progress.mode}: {progress.scanned} candidates, {repaired}"
             f" {'would be repaired' if self.dry_run else 'repaired'},"
-            f" {progress.batches} batches, {rate:.0f} rows/s{slices}{where}"
+            f" {progress.batches} batch{'' if progress.batches == 1 else 'es'}, {rate:.0f} rows/s{slices}{where}"
         )

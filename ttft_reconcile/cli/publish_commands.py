@@ -70,7 +70,7 @@ def report_command(since: str | None, until: str | None, fmt: str, plot: str | N
 
     def action() -> None:
         if plot and importlib.util.find_spec("matplotlib") is None:
-            raise UsageError("--plot needs matplotlib: pip install 'ttft-reconcile[plot]'")
+            raise UsageError("--plot needs matplotlib: pip install '.[plot]' from the checkout")
         start, end = _window(since, until, default_days=7)
         url = parse_url(kwargs["database_url"])
         engine = make_engine(url)
