@@ -179,7 +179,8 @@ def test_a_stopped_backfill_leaves_no_staged_rows(db_url: str, monkeypatch: pyte
     assert _audit_rows(db_url) == set(ids)
 
 
-def test_staged_rows_of_a_killed_command_are_swept_after_an_hour(db_url: str) -> None:
+@pytest.mark.parametrize("command", ["backfill", "run"])
+def test_staged_rows_of_a_killed_command_are_swept_after_an_hour(db_url: str, command: str) -> None:
     _seed(db_url)
     with psycopg.connect(db_url) as conn:
         for stage_id, age in ((1001, "2 hours"), (1002, "5 minutes")):  # a killed command's, a live one's
@@ -187,7 +188,11 @@ def test_staged_rows_of_a_killed_command_are_swept_after_an_hour(db_url: str) ->
                 "INSERT INTO ttft_reconcile.batch_stage (stage_id, staged_at, row_ctid, row_xmin, request_id,"
                 " start_time, new_cst) VALUES (%s, now() - %s::interval, '(0,1)', '1', 'x', now(), now())",
                 (stage_id, age))
-    job.backfill(_settings(db_url), SINCE, UNTIL)
+    if command == "backfill":
+        job.backfill(_settings(db_url), SINCE, UNTIL)
+    else:  # the cron `run`, which a deployment keeps running after its one backfill
+        job.run_incremental(_settings(db_url, initial_window=timedelta(hours=1), settle=timedelta(0)),
+                            now=datetime(2026, 3, 10, 8, 0, tzinfo=timezone.utc))
     with psycopg.connect(db_url) as conn:
         left = [r[0] for r in conn.execute("SELECT stage_id FROM ttft_reconcile.batch_stage").fetchall()]
     assert left == [1002]
@@ -216,3 +221,32 @@ def test_an_error_while_deciding_ahead_fails_the_backfill_after_its_committed_ba
     monkeypatch.undo()
     assert job.backfill(_settings(db_url), SINCE, UNTIL).outcomes["repaired"] == ROWS - 6
     assert _audit_rows(db_url) == set(ids)
+
+
+def test_a_batch_whose_staged_rows_were_swept_is_decided_again_not_lost(
+        db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Another command deletes a live backfill's staged rows (as if they were stale) between the
+    decision and the write: nothing of that batch is written, it is decided again and every row
+    is repaired, none counted `changed`."""
+    ids = _seed(db_url)
+
+    def sweep(n: int) -> None:
+        if n == 2:
+            with psycopg.connect(db_url) as conn:
+                conn.execute("DELETE FROM ttft_reconcile.batch_stage")
+
+    _before_write(monkeypatch, sweep)
+    done = job.backfill(_settings(db_url), SINCE, UNTIL)
+    assert done.outcomes["repaired"] == ROWS and not done.outcomes.get("changed")
+    assert _audit_rows(db_url) == set(ids)
+    assert _staged_rows(db_url) == 0
+    assert "were swept as stale before it was written; deciding it again" in caplog.text
+    with psycopg.connect(db_url) as conn:
+        assert all(cst_of(conn, rid) is not None for rid in ids)
+
+
+def test_a_throttled_backfill_decides_in_turn(db_url: str, calls: list[tuple[str, str, int]]) -> None:
+    _seed(db_url)
+    done = job.backfill(_settings(db_url, max_rows_per_second=1000), SINCE, UNTIL)
+    assert done.outcomes["repaired"] == ROWS
+    assert {c[1] for c in calls} == {"MainThread"}

@@ -291,7 +291,7 @@ def decide_statement(shape: SpendLogsShape, *, policy: str, keyset: bool, stage:
 def write_statement(shape: SpendLogsShape) -> str:
     """The text of one batch's write: take the rows a decide statement staged (deleting them), apply
     the guarded UPDATE and insert their audit rows. Parameters: stage_id, run_id, policy. One row:
-    the rows written.
+    (rows taken from the stage, rows written).
 
     Each row is reached at the physical address it was read from (a TID scan: no index probe, no
     join into the table) and written only if that address still holds the very version that was
@@ -322,8 +322,13 @@ def write_statement(shape: SpendLogsShape) -> str:
         f" {_ms('u.new_cst', 'u.start_time')}, u.litellm_call_id, u.stream_seq, u.call_type, u.model_group,"
         f" {_joined_by('u')}, " + ", ".join(f"u.{column}" for column, _ in _EVIDENCE_COLUMNS)
         + " FROM updated u RETURNING 1"
-        ") SELECT count(*) FROM audited"
+        ") SELECT (SELECT count(*) FROM staged), (SELECT count(*) FROM audited)"
     )
+
+
+class StageLost(RuntimeError):
+    """A decided batch's staged rows were gone when it was written (another command swept them as
+    stale): its transaction must roll back and the batch be decided again."""
 
 
 @dataclass(frozen=True)
@@ -383,13 +388,18 @@ def decide_batch(
 def write_batch(conn: Connection, shape: SpendLogsShape, batch: DecidedBatch, *, run_id: int,
                 policy: str) -> BatchResult:
     """Apply a staged batch's guarded UPDATE and audit rows; a `repaired` row the guard refused (it
-    changed since it was read) counts as `changed` in the result."""
+    changed since it was read) counts as `changed` in the result. Raises StageLost, before anything
+    of the batch is committed, when its staged rows are not all there."""
     if batch.stage_id is None:
         raise ValueError("the batch was decided without staging its repaired rows")
     conn.execute(text(BATCH_PLAN_SETTINGS))
-    written = int(conn.execute(text(write_statement(shape)),
-                               {"stage_id": batch.stage_id, "run_id": run_id, "policy": policy}).scalar_one())
+    taken, written = conn.execute(text(write_statement(shape)),
+                                  {"stage_id": batch.stage_id, "run_id": run_id, "policy": policy}).one()
+    if int(taken) != batch.repaired:
+        raise StageLost(f"{batch.repaired - int(taken)} of the {batch.repaired} staged row(s) of a decided batch"
+                        f" (stage id {batch.stage_id}) were swept as stale before it was written")
     conn.execute(text(PLANNER_DEFAULTS))
+    written = int(written)
     found = dict(batch.outcomes)
     # Every audit row is a repaired row the guarded UPDATE wrote; the rest changed under us.
     missed = batch.repaired - written

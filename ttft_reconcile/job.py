@@ -45,7 +45,7 @@ from ttft_reconcile.errors import (
 )
 from ttft_reconcile.lanes import LaneLock, hold_lane, resolve_mode
 from ttft_reconcile.migrate import migration_state
-from ttft_reconcile.pipeline import DecideAhead
+from ttft_reconcile.pipeline import STALE_STAGE, DecideAhead
 from ttft_reconcile.queries import Position
 from ttft_reconcile.rollup import BackgroundRefresh
 from ttft_reconcile.settings import JobSettings
@@ -159,6 +159,10 @@ def _housekeeping(engine: Engine, settings: JobSettings, *, sync_settings: bool)
             closed = queries.close_abandoned_runs(conn, ABANDONED_AFTER)
             if closed:
                 log.info("marked %d run(s) with no heartbeat for %s as failed (abandoned)", closed, ABANDONED_AFTER)
+            swept = batch_sql.drop_stale_staged(conn, STALE_STAGE.total_seconds())
+            if swept:
+                log.info("deleted %d staged row(s) older than %s (decided by a command that was killed)",
+                         swept, STALE_STAGE)
             if sync_settings:
                 # Only the cron `run` defines what the dashboard counts: an ad-hoc backfill with
                 # other call types or tolerance must not change report, Grafana and explain.
@@ -311,7 +315,8 @@ def _reconcile_range(
     decide = {"call_types": settings.call_types, "tolerance_ms": settings.tolerance_ms,
               "policy": settings.policy, "hold_rolled_back": ctx.mode == "run"}  # `run` never undoes a rollback
     decider = None
-    if ahead and not settings.dry_run:
+    # A throttled backfill waits between batches anyway: deciding ahead would only hold staged rows.
+    if ahead and not settings.dry_run and settings.max_rows_per_second is None:
         decider = DecideAhead(ctx.engine, settings.limits, ctx.shape, ctx.stop, since=since, until=until,
                               after=after, limit=settings.batch_size, **decide)
     try:
@@ -347,26 +352,36 @@ def _walk_batches(
         if decider is not None and decided is None:
             return False  # stopped while the batch was being decided
         ctx.stop.in_batch = True
-        with transaction(ctx.engine, settings.limits) as conn:
-            if ctx.lock is not None:
-                ctx.lock.renew(conn)
-            if decided is None:
-                decided = batch_sql.decide_batch(conn, shape, since=since, until=until, after=position,
-                                                 limit=settings.batch_size, stage=not settings.dry_run, **decide)
-            if decided.last is None:
-                ctx.stop.in_batch = False
-                return True
-            if settings.dry_run:
-                batch = batch_sql.dry_result(decided)
-            else:
-                batch = batch_sql.write_batch(conn, shape, decided, run_id=ctx.run_id, policy=settings.policy)
-                dashboard.mark_pending(conn, batch.days)
-            scanned = batch.scanned
-            counts = batch.counts()
-            queries.add_run_counts(conn, ctx.run_id, scanned, counts)
-            position = decided.last
-            if on_commit is not None and not settings.dry_run:
-                on_commit(conn, position, scanned)
+        try:
+            with transaction(ctx.engine, settings.limits) as conn:
+                if ctx.lock is not None:
+                    ctx.lock.renew(conn)
+                if decided is None:
+                    decided = batch_sql.decide_batch(conn, shape, since=since, until=until, after=position,
+                                                     limit=settings.batch_size, stage=not settings.dry_run,
+                                                     **decide)
+                if decided.last is None:
+                    ctx.stop.in_batch = False
+                    return True
+                if settings.dry_run:
+                    batch = batch_sql.dry_result(decided)
+                else:
+                    batch = batch_sql.write_batch(conn, shape, decided, run_id=ctx.run_id, policy=settings.policy)
+                    dashboard.mark_pending(conn, batch.days)
+                scanned = batch.scanned
+                counts = batch.counts()
+                queries.add_run_counts(conn, ctx.run_id, scanned, counts)
+                position = decided.last
+                if on_commit is not None and not settings.dry_run:
+                    on_commit(conn, position, scanned)
+        except batch_sql.StageLost as lost:
+            # Nothing of the batch was written: decide it again, here, and the rest of the range too.
+            ctx.stop.in_batch = False
+            log.warning("%s; deciding it again (and the rest of this range in turn)", lost)
+            if decider is not None:
+                decider.close()
+            decider = None
+            continue
         ctx.stop.in_batch = False
         tally.add(scanned, counts)
         tally.days.update(batch.days)

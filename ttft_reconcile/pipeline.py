@@ -7,8 +7,9 @@ a connection of its own, in a thread, at most `AHEAD` batches ahead of the write
 takes them in keyset order and commits each with its checkpoint as before. The repaired rows of
 a decided batch wait in the unlogged `batch_stage` table. A decided batch that is never written
 (the command stopped or failed) is decided again by the next command, and its staged rows are
-deleted (by `close`, or after STALE_STAGE by the next command if this one was killed). The
-write's guard refuses any row that changed after it was decided.
+deleted (by `close`, or after STALE_STAGE by the next `run` or `backfill` if this one was
+killed). The write's guard refuses any row that changed after it was decided, and a batch whose
+staged rows were swept meanwhile is decided again (`batch_sql.StageLost`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ AHEAD = 1  # decided batches waiting for the writer (one more is being decided)
 _POLL_S = 0.1  # how often a waiting side looks for a stop request, seconds
 _CANCEL_WAIT_S = 2.0  # how long `close` waits for a cancelled statement to end, seconds
 THREAD_NAME = "ttft-decide"
-# Staged rows older than this belong to a command that was killed between deciding and writing.
+# Staged rows older than this belong to a command that was killed between deciding and writing
+# (a live backfill writes a decided batch within seconds; it decides in turn when throttled).
 STALE_STAGE = timedelta(hours=1)
 
 
@@ -102,9 +104,6 @@ class DecideAhead:
                 with self._busy_lock:
                     self._busy = conn.connection.driver_connection
                 try:
-                    with conn.begin():
-                        apply_limits(conn, self._limits)
-                        batch_sql.drop_stale_staged(conn, STALE_STAGE.total_seconds())
                     while not self._halt.is_set() and not self._stop.requested:
                         with conn.begin():
                             apply_limits(conn, self._limits)
