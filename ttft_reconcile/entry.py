@@ -3,7 +3,8 @@
 A SIGINT/SIGTERM that arrives while Python still imports the CLI (~0.5 s, before any work)
 exits 130 with one line instead of a traceback or a silent 143. From then on SIGTERM acts like
 Ctrl-C (KeyboardInterrupt): commands that write install their own two-step handlers, and every
-other moment ends in the usual one-line "interrupted" exit 130.
+other moment ends in the usual one-line "interrupted" exit 130. Once the command has finished,
+further signals are ignored: the exit code it chose stands.
 """
 
 from __future__ import annotations
@@ -28,4 +29,10 @@ def main() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
-    cli_main()
+    try:
+        cli_main()
+    finally:
+        # The outcome is decided (and printed): a signal now must not turn exit 130 or 0 into a
+        # death by SIGTERM while the interpreter shuts down (it restores default handlers then).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
