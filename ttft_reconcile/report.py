@@ -40,7 +40,9 @@ class Percentiles:
         return cls(p50, p90, p95, p99)
 
     def as_dict(self) -> dict[str, float | None]:
-        return {"p50": self.p50, "p90": self.p90, "p95": self.p95, "p99": self.p99}
+        """The quantiles in ms, to the microsecond (interpolation leaves float noise below that)."""
+        return {name: None if value is None else round(value, 3)
+                for name, value in (("p50", self.p50), ("p90", self.p90), ("p95", self.p95), ("p99", self.p99))}
 
 
 @dataclass(frozen=True)

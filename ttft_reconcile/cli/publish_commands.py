@@ -99,9 +99,11 @@ def _check_configured_schema(url: DatabaseUrl, stored: dict[str, object]) -> Non
     schema (?schema=) would silently report on the wrong one."""
     configured = str(stored.get("litellm_schema") or "public")
     if "schema" in url.dropped and url.litellm_schema != configured:
+        where = ("its last `run`" if "litellm_schema" in stored
+                 else "the default: no `run` has configured it yet")
         raise UsageError(
             f"the URL says LiteLLM's tables are in schema {url.litellm_schema!r}, but the job is configured"
-            f" for {configured!r} (its last run); run `ttft-reconcile run` with this URL first, or drop ?schema="
+            f" for {configured!r} ({where}); run `ttft-reconcile run` with this URL first, or drop ?schema="
         )
 
 
