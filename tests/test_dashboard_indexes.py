@@ -181,8 +181,9 @@ def test_refresh_of_one_day_and_percentiles_at_scale(big_db: str) -> None:
     assert p50 >= 50  # unresolved rows (2 s) never drag the median; NULLs are not zeros
 
 
-def _nested_plans(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """The plans auto_explain logs for the statements run inside the functions `sql` calls."""
+def _explain_nested(conn: psycopg.Connection[Any]) -> list[str]:
+    """Make auto_explain send this session's plans, nested statements included, as notices; the
+    list they are collected in (read it with `_plans`)."""
     notices: list[str] = []
     try:
         conn.execute("LOAD 'auto_explain'")
@@ -192,8 +193,18 @@ def _nested_plans(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ..
     for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice",
                     "log_format = json"):
         conn.execute(f"SET auto_explain.{setting}")
-    conn.execute(sql, params)
+    return notices
+
+
+def _plans(notices: list[str]) -> list[dict[str, Any]]:
     return [json.loads(n[n.index("{"):])["Plan"] for n in notices if "{" in n]
+
+
+def _nested_plans(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The plans auto_explain logs for the statements run inside the functions `sql` calls."""
+    notices = _explain_nested(conn)
+    conn.execute(sql, params)
+    return _plans(notices)
 
 
 def test_a_fresh_audit_trail_never_nests_a_loop_in_the_dashboard_functions(db_url: str) -> None:
@@ -249,20 +260,11 @@ def test_a_days_rebuild_reads_that_days_pages_on_a_short_table(db_url: str) -> N
     with connect(db_url) as conn:
         raw = conn.connection.driver_connection
         assert raw is not None
-        notices: list[str] = []
-        try:
-            raw.execute("LOAD 'auto_explain'")
-        except psycopg.Error:
-            services.missing("auto_explain on the Postgres server (contrib)")
-        raw.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice",
-                        "log_format = json"):
-            raw.execute(f"SET auto_explain.{setting}")
+        notices = _explain_nested(raw)
         raw.execute("SET random_page_cost = 100")  # an index costs more than reading everything
         written = refresh_day_range(conn, day.date(), day.date())
         assert written == 5  # one row per model group
-        plans = [json.loads(n[n.index("{"):])["Plan"] for n in notices if "{" in n]
-        scans = [scan for p in plans for scan in _spend_scans(p)]
+        scans = [scan for p in _plans(notices) for scan in _spend_scans(p)]
         assert scans, notices[:3]
         assert {scan["Node Type"] for scan in scans} <= {"Bitmap Heap Scan", "Index Scan"}, scans
         # and the session's own settings are back for the rest of the transaction

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from sqlalchemy.pool import QueuePool
 
 from ttft_reconcile.dburl import DatabaseUrl, scrub
 from ttft_reconcile.errors import DatabaseUnavailable, ReconcileError, SchemaMissing, UsageError
+
+log = logging.getLogger(__name__)
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
 APPLICATION_NAME = "ttft_reconcile"
@@ -245,3 +249,33 @@ def _missing_relation(message: str, url: DatabaseUrl | None) -> str:
     if schema == OUR_SCHEMA:
         return f"{message}; {MIGRATE_HINT}"
     return f"{message}; has `ttft-reconcile migrate` been run?"
+
+
+class Cancellable:
+    """The connection a background thread runs its statements on, so that another thread can
+    cancel the one under way (`cancel`) when the command stops."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what  # for the log: what a cancelled statement was doing
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def running_on(self, conn: Connection) -> Iterator[None]:
+        """Mark `conn` as the one to cancel for the block."""
+        with self._lock:
+            self._conn = conn.connection.driver_connection
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._conn = None
+
+    def cancel(self) -> None:
+        """Cancel the statement running on the marked connection, if any (the server rolls it back)."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.cancel_safe()
+                except psycopg.Error as error:
+                    log.debug("could not cancel %s: %s", self._what, error)

@@ -70,8 +70,6 @@ REFRESH_TIMEOUT = timedelta(minutes=10)
 PENDING_STALE = timedelta(minutes=10)
 HELD_SLICE_POLL = timedelta(seconds=1)
 HELD_SLICE_WARN = timedelta(seconds=30)  # a wait for other workers' slices this long is logged
-# Whether the workers of `backfill --workers N` (N > 1) decide ahead (JobSettings.decide_ahead).
-DECIDE_AHEAD_IN_POOL = False
 
 
 @dataclass(frozen=True)
@@ -815,8 +813,7 @@ def _backfill_pool(
     base = settings.worker
     procs = [
         context.Process(target=_pool_entry, name=f"{base}/w{index}",
-                        args=(reports, index,
-                              replace(settings, worker=f"{base}/w{index}", decide_ahead=DECIDE_AHEAD_IN_POOL),
+                        args=(reports, index, replace(settings, worker=f"{base}/w{index}", decide_ahead=False),
                               since, until, restart and index == 0))
         for index in range(workers)
     ]

@@ -20,12 +20,11 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from ttft_reconcile import batch_sql
-from ttft_reconcile.db import SessionLimits, SpendLogsShape, apply_limits, transaction
+from ttft_reconcile.db import Cancellable, SessionLimits, SpendLogsShape, apply_limits, transaction
 from ttft_reconcile.queries import Position
 from ttft_reconcile.signals import StopFlag
 
@@ -56,8 +55,7 @@ class DecideAhead:
         self._decide = decide  # call_types, tolerance_ms, policy, hold_rolled_back
         self._ready: queue.Queue[batch_sql.DecidedBatch | BaseException] = queue.Queue(maxsize=AHEAD)
         self._halt = threading.Event()
-        self._busy: psycopg.Connection[Any] | None = None
-        self._busy_lock = threading.Lock()
+        self._busy = Cancellable("the deciding statement")
         self._staged: list[int] = []  # stage ids of every batch decided (written ones are gone)
         self._thread = threading.Thread(target=self._work, name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -81,12 +79,7 @@ class DecideAhead:
         """Stop deciding: a statement under way is cancelled on the server; batches decided and not
         taken are dropped (nothing of them was written)."""
         self._halt.set()
-        with self._busy_lock:
-            if self._busy is not None:
-                try:
-                    self._busy.cancel_safe()
-                except psycopg.Error as error:
-                    log.debug("could not cancel the deciding statement: %s", error)
+        self._busy.cancel()
         self._thread.join(_CANCEL_WAIT_S)
         if self._thread.is_alive():
             return  # its rows are swept after STALE_STAGE
@@ -100,25 +93,19 @@ class DecideAhead:
         position = self._after
         since, until = self._range
         try:
-            with self._engine.connect() as conn:
-                with self._busy_lock:
-                    self._busy = conn.connection.driver_connection
-                try:
-                    while not self._halt.is_set() and not self._stop.requested:
-                        with conn.begin():
-                            apply_limits(conn, self._limits)
-                            batch = batch_sql.decide_batch(conn, self._shape, since=since, until=until,
-                                                           after=position, limit=self._limit, stage=True,
-                                                           **self._decide)
-                        if batch.stage_id is not None:
-                            self._staged.append(batch.stage_id)
-                        self._hand_over(batch)
-                        if batch.last is None or batch.scanned < self._limit:
-                            return
-                        position = batch.last
-                finally:
-                    with self._busy_lock:
-                        self._busy = None
+            with self._engine.connect() as conn, self._busy.running_on(conn):
+                while not self._halt.is_set() and not self._stop.requested:
+                    with conn.begin():
+                        apply_limits(conn, self._limits)
+                        batch = batch_sql.decide_batch(conn, self._shape, since=since, until=until,
+                                                       after=position, limit=self._limit, stage=True,
+                                                       **self._decide)
+                    if batch.stage_id is not None:
+                        self._staged.append(batch.stage_id)
+                    self._hand_over(batch)
+                    if batch.last is None or batch.scanned < self._limit:
+                        return
+                    position = batch.last
         except BaseException as error:  # handed to the writer, which raises it
             if not self._halt.is_set():
                 self._hand_over(error)

@@ -18,14 +18,12 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import date
-from typing import Any
 
-import psycopg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from ttft_reconcile import dashboard
-from ttft_reconcile.db import SessionLimits, describe_db_error, transaction
+from ttft_reconcile.db import Cancellable, SessionLimits, describe_db_error, transaction
 from ttft_reconcile.signals import StopFlag
 
 log = logging.getLogger(__name__)
@@ -48,8 +46,7 @@ class BackgroundRefresh:
         self._days: queue.SimpleQueue[date] = queue.SimpleQueue()
         self._abandoned = False
         self._failed = False
-        self._busy: psycopg.Connection[Any] | None = None  # the connection of a rebuild under way
-        self._busy_lock = threading.Lock()
+        self._busy = Cancellable("the rollup rebuild")  # the connection of a rebuild under way
         self._thread = threading.Thread(target=self._work, name="ttft-rollup", daemon=True)
         self._thread.start()
 
@@ -76,12 +73,7 @@ class BackgroundRefresh:
         next command."""
         self._abandoned = True
         self._days.put(_STOP)
-        with self._busy_lock:
-            if self._busy is not None:
-                try:
-                    self._busy.cancel_safe()
-                except psycopg.Error as error:
-                    log.debug("could not cancel the rollup rebuild: %s", error)
+        self._busy.cancel()
         self._thread.join(_CANCEL_WAIT_S)
 
     def _work(self) -> None:
@@ -90,16 +82,10 @@ class BackgroundRefresh:
                 continue  # skipped days stay pending: the closing refresh or the next command takes them
             try:
                 started = time.monotonic()
-                with transaction(self._engine, self._limits) as conn:
-                    with self._busy_lock:
-                        self._busy = conn.connection.driver_connection
-                    try:
-                        # One core for the rollup: parallel workers would take the batches' core.
-                        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
-                        rows = dashboard.refresh_day_range(conn, day, day)
-                    finally:
-                        with self._busy_lock:
-                            self._busy = None
+                with transaction(self._engine, self._limits) as conn, self._busy.running_on(conn):
+                    # One core for the rollup: parallel workers would take the batches' core.
+                    conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+                    rows = dashboard.refresh_day_range(conn, day, day)
                 log.debug("ttft_daily refreshed for %s behind the batches: %d row(s) in %.2f s", day, rows,
                           time.monotonic() - started)
             except sa_exc.SQLAlchemyError as error:
